@@ -1,0 +1,187 @@
+"""Turn any supported image input into an upright 8-bit RGB PIL image, or raise a clear :class:`ImageError`.
+
+Accepted inputs: PIL images, file paths (``str`` / ``os.PathLike``), HWC ``uint8`` numpy arrays (1, 3 or 4
+channels) and CHW ``uint8`` torch tensors. EXIF orientation is applied. Modes are converted as follows:
+
+* ``RGB``: as is. ``L``, ``1``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's own conversion to RGB.
+* ``RGBA``, ``LA``, ``P``/``PA`` with transparency: alpha-composited on **white** (the same as transformers'
+  ``convert_to_rgb``), then RGB.
+* ``I;16`` / ``I;16B`` / ``I;16L`` / ``I`` (16-bit grey): scaled to 8 bits by ``value >> 8`` (PIL's own conversion
+  clips instead, turning most 16-bit images white).
+* Anything else (``F``, multi-band TIFFs, ...) raises :class:`ImageError`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Default decompression-bomb limit in pixels (about 16k x 16k), configurable per strategy.
+DEFAULT_MAX_PIXELS = 268_435_456
+
+_PIL_TO_RGB = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageError(ValueError):
+    """An image could not be used: it names the input and the reason."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An RGB image ready for preprocessing, plus where it came from (for error messages)."""
+
+    image: Image.Image
+    source: str
+
+
+def describe(obj: Any) -> str:
+    """A short, human-readable name for an image input, used in error messages."""
+    if isinstance(obj, (str, os.PathLike)):
+        return os.fspath(obj)
+    if isinstance(obj, Image.Image):
+        name = getattr(obj, "filename", "") or ""
+        return name or f"<PIL.Image mode={obj.mode} size={obj.size[0]}x{obj.size[1]}>"
+    shape = getattr(obj, "shape", None)
+    if shape is not None:
+        return f"<{type(obj).__module__}.{type(obj).__name__} shape={tuple(shape)} dtype={getattr(obj, 'dtype', '?')}>"
+    return f"<{type(obj).__name__}>"
+
+
+def open_image(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> LoadedImage:
+    """Load, orient and convert ``obj`` to RGB.
+
+    ``draft_size`` (``(width, height)``) lets JPEG files decode at a reduced scale that is still at least that large
+    (the opt-in fast mode); the caller must compute geometry from the original size (see :func:`peek_size`).
+    """
+    source = describe(obj)
+    if isinstance(obj, (str, os.PathLike)):
+        image = _open_path(os.fspath(obj), source, max_pixels, draft_size)
+    elif isinstance(obj, Image.Image):
+        image = obj
+        _check_size(image.size[0], image.size[1], source, max_pixels)
+    elif isinstance(obj, np.ndarray):
+        image = _from_hwc_array(obj, source, max_pixels)
+    elif _is_torch_tensor(obj):
+        image = _from_chw_tensor(obj, source, max_pixels)
+    else:
+        raise ImageError(source, f"unsupported input type {type(obj).__name__}; pass a PIL image, a path, "
+                         "an HWC uint8 numpy array or a CHW uint8 torch tensor")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # corrupt EXIF blocks should not lose the image
+        warnings.warn(f"{source}: ignoring unreadable EXIF orientation ({exc})", stacklevel=2)
+    return LoadedImage(to_rgb(image, source), source)
+
+
+def peek_size(obj: Any) -> tuple[int, int] | None:
+    """``(width, height)`` of a file after EXIF orientation, from its header only; ``None`` for in-memory inputs."""
+    if not isinstance(obj, (str, os.PathLike)):
+        return None
+    source = describe(obj)
+    try:
+        with Image.open(os.fspath(obj)) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise ImageError(source, f"cannot read image header ({exc})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def to_rgb(image: Image.Image, source: str = "<image>") -> Image.Image:
+    """Convert a PIL image of any supported mode to 8-bit RGB (see the module docstring for the rules)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _PIL_TO_RGB:
+        return image.convert("RGB")
+    if mode == "P":
+        if "transparency" in image.info:
+            return _composite_on_white(image.convert("RGBA"))
+        return image.convert("RGB")
+    if mode in _ALPHA_MODES:
+        return _composite_on_white(image.convert("RGBA"))
+    if mode in _SIXTEEN_BIT:
+        arr = np.asarray(image)
+        if arr.dtype.byteorder == ">" or arr.dtype.kind != "u":
+            arr = arr.astype(np.int64)
+        grey = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    raise ImageError(source, f"unsupported image mode {mode!r}; convert it to RGB first")
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _check_size(width: int, height: int, source: str, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(source, f"image is empty ({width}x{height} pixels)")
+    if width * height > max_pixels:
+        raise ImageError(
+            source,
+            f"image has {width * height:,} pixels ({width}x{height}), over the limit of {max_pixels:,}; "
+            "raise max_pixels if this is intended (decompression-bomb guard)",
+        )
+
+
+def _open_path(path: str, source: str, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
+    if not os.path.exists(path):
+        raise ImageError(source, "file does not exist")
+    if os.path.getsize(path) == 0:
+        raise ImageError(source, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        _check_size(image.size[0], image.size[1], source, max_pixels)
+        if draft_size is not None and image.format == "JPEG":
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # draft_size is for the upright image
+                draft_size = (draft_size[1], draft_size[0])
+            image.draft("RGB", draft_size)
+        image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(source, f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(source, f"cannot decode image ({exc}); the file is unreadable or truncated") from None
+    return image
+
+
+def _from_hwc_array(arr: np.ndarray, source: str, max_pixels: int) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise ImageError(source, f"numpy images must be uint8 HWC, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(source, f"numpy images must be HWC with 1, 3 or 4 channels, got shape {arr.shape}")
+    _check_size(arr.shape[1], arr.shape[0], source, max_pixels)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+    return Image.fromarray(np.ascontiguousarray(arr if mode != "L" else arr[:, :, 0]), mode)
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "permute")
+
+
+def _from_chw_tensor(tensor: Any, source: str, max_pixels: int) -> Image.Image:
+    import torch
+
+    if tensor.dtype != torch.uint8:
+        raise ImageError(source, f"tensor images must be uint8 CHW, got dtype {tensor.dtype}")
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+        raise ImageError(source, f"tensor images must be CHW with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}")
+    return _from_hwc_array(tensor.detach().cpu().permute(1, 2, 0).numpy(), source, max_pixels)

@@ -1,0 +1,385 @@
+"""The visual-representation strategies (``pad``, ``hd``, ``anyres``, ``anyres_max_<N>``) and their registry.
+
+A strategy is a frozen, typed configuration with three jobs: ``layout(size)`` (pure geometry),
+``preprocess(image)`` (pixels, base tile first then grid tiles row-major) and ``pack(features, layout, newline)``
+(the exact token sequence). Third parties add their own with :func:`register_strategy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from anyres import tiling
+from anyres.geometry import (
+    DEFAULT_INTERP_SLACK,
+    ROUNDING_MODES,
+    GeometryError,
+    ImageSize,
+    Layout,
+    Rounding,
+    hd_pinpoints,
+    parse_pinpoints,
+    single_tile_layout,
+    tiled_layout,
+    tokens_per_side,
+)
+from anyres.images import DEFAULT_MAX_PIXELS, ImageError, open_image, peek_size
+
+if TYPE_CHECKING:
+    import torch
+
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: LLaVA-1.6 / LLaVA-NeXT CLIP-336 pinpoints, as transformers reads them: (height, width) pairs.
+NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+#: LLaVA-OneVision: every grid from 1x1 to 6x6 tiles.
+ONEVISION_PINPOINTS = "(1x1),...,(6x6)"
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Preprocessed pixels of one image: ``pixel_values`` float32 ``[N, 3, S, S]`` and its ``layout``."""
+
+    pixel_values: torch.Tensor
+    layout: Layout
+    source: str = "<image>"
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """Several images' tiles in one contiguous buffer (no zero-padded patch dimension)."""
+
+    pixel_values: torch.Tensor
+    layouts: tuple[Layout, ...]
+    sources: tuple[str, ...]
+
+    @property
+    def num_tiles(self) -> list[int]:
+        return [layout.num_tiles for layout in self.layouts]
+
+    @property
+    def num_tokens(self) -> list[int]:
+        return [layout.num_tokens for layout in self.layouts]
+
+    def split(self) -> list[Tiles]:
+        """One :class:`Tiles` per image (views, no copy)."""
+        chunks = self.pixel_values.split(self.num_tiles)
+        return [Tiles(pv, lay, src) for pv, lay, src in zip(chunks, self.layouts, self.sources)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Strategy:
+    """Common parameters (transformers' names where it has one) and the shared pixel / packing machinery."""
+
+    name: ClassVar[str] = "base"
+
+    tile_size: int = 384
+    patch_size: int = 14
+    image_mean: tuple[float, ...] = SIGLIP_MEAN
+    image_std: tuple[float, ...] = SIGLIP_STD
+    has_cls: bool = False
+    rounding: Rounding = "hf"
+    resample: str = "bicubic"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    fast: bool = False
+
+    def __post_init__(self) -> None:
+        tokens_per_side(self.tile_size, self.patch_size)  # validates
+        if self.rounding not in ROUNDING_MODES:
+            raise GeometryError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
+        if self.resample not in tiling.RESAMPLE:
+            raise GeometryError(f"resample must be one of {sorted(tiling.RESAMPLE)}, got {self.resample!r}")
+        for what, value in (("image_mean", self.image_mean), ("image_std", self.image_std)):
+            if len(value) != 3:
+                raise GeometryError(f"{what} must have 3 values (RGB), got {value!r}")
+            object.__setattr__(self, what, tuple(float(v) for v in value))
+        if any(v <= 0 for v in self.image_std):
+            raise GeometryError(f"image_std must be positive, got {self.image_std!r}")
+
+    # -- identity -------------------------------------------------------------------------------------------
+    @property
+    def strategy_name(self) -> str:
+        """The registry name that recreates this strategy (e.g. ``anyres_max_9``)."""
+        return self.name
+
+    @property
+    def tokens_per_side(self) -> int:
+        return self.tile_size // self.patch_size
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return self.tokens_per_side**2
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly config; ``get_strategy(**d)``-compatible via :func:`strategy_from_dict`."""
+        out: dict[str, Any] = {"name": self.strategy_name}
+        for f in dataclasses.fields(self):
+            if f.init:
+                value = getattr(self, f.name)
+                out[f.name] = [list(v) for v in value] if f.name == "grid_pinpoints" and isinstance(value, tuple) else (
+                    list(value) if isinstance(value, tuple) else value
+                )
+        return out
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    def layout(self, size: ImageSize | Sequence[int]) -> Layout:
+        """The full token layout of an image of ``size`` (``ImageSize(height, width)``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement layout()")
+
+    def num_tokens(self, size: ImageSize | Sequence[int]) -> int:
+        """Exact number of visual tokens for an image of ``size``."""
+        return self.layout(size).num_tokens
+
+    # -- pixels ---------------------------------------------------------------------------------------------
+    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
+        """Return the base tile (S x S x 3 uint8) and the grid canvas (or ``None``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _render()")
+
+    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+        return None
+
+    def preprocess(self, image: Any) -> Tiles:
+        """Pixels for one image: float32 ``[num_tiles, 3, S, S]``, base tile first, grid tiles row-major."""
+        return self.preprocess_batch([image]).split()[0]
+
+    def preprocess_batch(self, images: Sequence[Any]) -> TileBatch:
+        """Pixels for many images in one contiguous ``[sum(num_tiles), 3, S, S]`` buffer."""
+        import torch
+
+        loaded, layouts = [], []
+        for image in images:
+            draft = peeked = None
+            if self.fast:
+                peeked = peek_size(image)
+                if peeked is not None:
+                    draft = self._draft_size(ImageSize.from_pil(peeked))
+            item = open_image(image, max_pixels=self.max_pixels, draft_size=draft)
+            original = ImageSize.from_pil(peeked) if draft is not None else ImageSize.from_pil(item.image.size)
+            loaded.append(item)
+            layouts.append(self.layout(original))
+        total = sum(layout.num_tiles for layout in layouts)
+        s = self.tile_size
+        out = torch.empty((total, 3, s, s), dtype=torch.float32)
+        start = 0
+        for item, layout in zip(loaded, layouts):
+            try:
+                base, canvas = self._render(item.image, layout)
+            except (OSError, ValueError) as exc:
+                raise ImageError(item.source, f"cannot process image ({exc})") from None
+            tiling.write_tiles(out[start : start + layout.num_tiles], base, canvas, s)
+            start += layout.num_tiles
+        tiling.normalize_(out, self.image_mean, self.image_std)
+        return TileBatch(out, tuple(layouts), tuple(item.source for item in loaded))
+
+    # -- features -------------------------------------------------------------------------------------------
+    def pack(
+        self,
+        features: torch.Tensor,
+        layout: Layout,
+        newline: torch.Tensor | None = None,
+        *,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pack per-tile features ``[num_tiles, P, D]`` into ``[layout.num_tokens, D]`` (see :func:`anyres.pack`)."""
+        from anyres.packing import pack
+
+        return pack(features, layout, newline, has_cls=self.has_cls, out=out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PadStrategy(Strategy):
+    """LLaVA-1.5 ``pad`` and OneVision multi-image: pad to a square with the mean colour, one tile, one newline."""
+
+    name: ClassVar[str] = "pad"
+    newline: bool = True
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The padding colour: ``int(mean * 255)`` per channel, as both references."""
+        return tuple(int(m * 255) for m in self.image_mean)  # type: ignore[return-value]
+
+    def layout(self, size: ImageSize | Sequence[int]) -> Layout:
+        return single_tile_layout(
+            ImageSize.of(size), strategy=self.strategy_name, tile_size=self.tile_size, patch_size=self.patch_size,
+            newline=self.newline,
+        )
+
+    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
+        import numpy as np
+        from PIL import Image
+
+        square = tiling.square_pad(image, layout, self.fill)
+        base = tiling.resize(Image.fromarray(square), self.tile_size, self.tile_size, self.resample)
+        return np.asarray(base), None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnyResStrategy(Strategy):
+    """LLaVA-NeXT ``anyres`` with ``spatial_unpad``: base tile first, unpadded grid, a newline per row, no cap."""
+
+    name: ClassVar[str] = "anyres"
+
+    tile_size: int = 336
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+    has_cls: bool = True
+    grid_pinpoints: str | tuple[tuple[int, int], ...] | None = NEXT_PINPOINTS
+    pinpoint_order: Literal["hw", "wh"] = "hw"
+    max_num_patches: int | None = None
+    interp_slack: float = DEFAULT_INTERP_SLACK
+    unpad: bool = True
+    newline: bool = True
+    base_image: Literal["squash", "letterbox"] = "squash"
+    base_position: Literal["first", "last"] = "first"
+    pinpoints: tuple[ImageSize, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        spec = self._default_pinpoints() if self.grid_pinpoints is None else self.grid_pinpoints
+        if not isinstance(spec, str):
+            spec = tuple(tuple(int(v) for v in pair) for pair in spec)
+            object.__setattr__(self, "grid_pinpoints", spec)
+        object.__setattr__(
+            self, "pinpoints", parse_pinpoints(spec, self.tile_size, order=self.pinpoint_order)
+        )
+        if self.max_num_patches is not None and self.max_num_patches < 1:
+            raise GeometryError(f"max_num_patches must be >= 1, got {self.max_num_patches}")
+        if self.base_image not in ("squash", "letterbox"):
+            raise GeometryError(f"base_image must be 'squash' or 'letterbox', got {self.base_image!r}")
+        if self.base_position not in ("first", "last"):
+            raise GeometryError(f"base_position must be 'first' or 'last', got {self.base_position!r}")
+
+    def _default_pinpoints(self) -> str | tuple[tuple[int, int], ...]:
+        return NEXT_PINPOINTS
+
+    def layout(self, size: ImageSize | Sequence[int]) -> Layout:
+        return tiled_layout(
+            ImageSize.of(size),
+            strategy=self.strategy_name,
+            tile_size=self.tile_size,
+            patch_size=self.patch_size,
+            pinpoints=self.pinpoints,
+            rounding=self.rounding,
+            max_num_patches=self.max_num_patches,
+            interp_slack=self.interp_slack,
+            unpad=self.unpad,
+            newline=self.newline,
+            base_position=self.base_position,
+        )
+
+    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+        layout = self.layout(size)
+        return (max(layout.resized.width, self.tile_size), max(layout.resized.height, self.tile_size))
+
+    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
+        import numpy as np
+        from PIL import Image
+
+        s = self.tile_size
+        canvas = tiling.grid_canvas(image, layout, self.resample)
+        if self.base_image == "squash":
+            base = tiling.resize(image, s, s, self.resample)
+        else:
+            pad = PadStrategy(tile_size=s, patch_size=self.patch_size, image_mean=self.image_mean)
+            square = tiling.square_pad(image, pad.layout(ImageSize.from_pil(image.size)), pad.fill)
+            base = tiling.resize(Image.fromarray(square), s, s, self.resample)
+        return np.asarray(base), canvas
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnyResMaxStrategy(AnyResStrategy):
+    """LLaVA-OneVision ``anyres_max_<N>``: AnyRes on SigLIP-384 tiles with the τ bilinear cap at N tiles."""
+
+    name: ClassVar[str] = "anyres_max"
+
+    tile_size: int = 384
+    image_mean: tuple[float, ...] = SIGLIP_MEAN
+    image_std: tuple[float, ...] = SIGLIP_STD
+    has_cls: bool = False
+    grid_pinpoints: str | tuple[tuple[int, int], ...] | None = ONEVISION_PINPOINTS
+    max_num_patches: int | None = 9
+
+    def __post_init__(self) -> None:
+        if self.max_num_patches is None:
+            raise GeometryError("anyres_max needs max_num_patches (use 'anyres' for no cap)")
+        super().__post_init__()
+
+    @property
+    def strategy_name(self) -> str:
+        return f"anyres_max_{self.max_num_patches}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HDStrategy(AnyResStrategy):
+    """LLaVA-1.5-HD: grids of at most ``max_tiles`` native tiles, unpadded, a row-end token per row, plus the
+    squashed global image's features (first by default; ``base_position="last"`` puts them after the grid)."""
+
+    name: ClassVar[str] = "hd"
+
+    tile_size: int = 224
+    grid_pinpoints: str | tuple[tuple[int, int], ...] | None = None
+    max_tiles: int = 6
+
+    def _default_pinpoints(self) -> tuple[tuple[int, int], ...]:
+        if self.max_tiles < 1:
+            raise GeometryError(f"max_tiles must be >= 1, got {self.max_tiles}")
+        return tuple((p.height, p.width) for p in hd_pinpoints(self.tile_size, self.max_tiles))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+_ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
+
+
+def register_strategy(name: str, cls: type[Strategy], *, overwrite: bool = False) -> None:
+    """Register a strategy class under ``name`` (``get_strategy(name, **params)`` then builds it)."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise TypeError(f"{cls!r} is not a subclass of anyres.Strategy")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"strategy {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = cls
+
+
+def list_strategies() -> list[str]:
+    """Registered strategy names (``anyres_max`` also answers to ``anyres_max_<N>``)."""
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """Build a strategy by name, e.g. ``get_strategy("anyres_max_9", rounding="llava")``."""
+    match = _ANYRES_MAX.fullmatch(name)
+    if match:
+        if "max_num_patches" in params and params["max_num_patches"] != int(match.group(1)):
+            raise ValueError(f"{name!r} conflicts with max_num_patches={params['max_num_patches']}")
+        params["max_num_patches"] = int(match.group(1))
+        name = "anyres_max"
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown strategy {name!r}; registered: {', '.join(list_strategies())} (or anyres_max_<N>)")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise TypeError(f"strategy {name!r} has no parameter(s) {unknown}; valid: {sorted(fields)}")
+    return cls(**params)
+
+
+def strategy_from_dict(config: dict[str, Any]) -> Strategy:
+    """Rebuild a strategy from :meth:`Strategy.to_dict` output."""
+    params = dict(config)
+    name = params.pop("name")
+    if isinstance(params.get("grid_pinpoints"), list):
+        params["grid_pinpoints"] = tuple(tuple(p) for p in params["grid_pinpoints"])
+    return get_strategy(name, **params)
+
+
+for _cls in (PadStrategy, HDStrategy, AnyResStrategy, AnyResMaxStrategy):
+    register_strategy(_cls.name, _cls)

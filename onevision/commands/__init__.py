@@ -1,0 +1,1 @@
+"""Sub-commands of the ``onevision`` CLI. Each module exposes ``register(subparsers)`` and keeps imports light."""
