@@ -28,14 +28,14 @@ def draw_layout(image: Any, strategy: Strategy | str, *, max_side: int = 768) ->
 
     layout = strat.layout(ImageSize.from_pil(loaded.image.size))
     base, canvas = strat._render(loaded.image, layout)
-    base_img = Image.fromarray(base)
+    base_img = Image.fromarray(base.contiguous().numpy())
     if canvas is None:
-        main = Image.fromarray(base)
+        main = base_img
         scale = max_side / max(main.size)
         main = main.resize((round(main.width * scale), round(main.height * scale)))
         panel = _with_newline_column(main, rows=1, cell=max(8, main.height // 8), count=layout.newlines)
         return _caption(panel, layout)
-    main = Image.fromarray(canvas)
+    main = Image.fromarray(canvas.numpy())
     scale = max_side / max(main.size)
     main = main.resize((max(1, round(main.width * scale)), max(1, round(main.height * scale))))
     draw = ImageDraw.Draw(main, "RGBA")
@@ -58,7 +58,9 @@ def draw_layout(image: Any, strategy: Strategy | str, *, max_side: int = 768) ->
         x = c * s * cell_w
         draw.line([x, 0, x, main.height], fill=_TILE, width=3)
     draw.rectangle([0, 0, main.width - 1, main.height - 1], outline=_TILE, width=3)
-    panel = _with_newline_column(main, rows=layout.capped.rows, cell=max(4, main.width // 40), count=layout.newlines)
+    panel = _with_newline_column(
+        main, rows=layout.capped.rows, cell=max(4, main.width // 40), count=layout.newlines
+    )
     thumb = base_img.resize((max(64, main.height // 3),) * 2)
     out = Image.new("RGB", (thumb.width + 16 + panel.width, max(thumb.height, panel.height)), (255, 255, 255))
     out.paste(thumb, (0, 0))

@@ -115,7 +115,9 @@ def parse_pinpoints(
         if "x" in text:
             matches = _RANGE_RE.findall(text)
             if not matches:
-                raise GeometryError(f"{field_name}: cannot parse range form {spec!r}; expected e.g. '(1x1),...,(6x6)'")
+                raise GeometryError(
+                    f"{field_name}: cannot parse range form {spec!r}; expected e.g. '(1x1),...,(6x6)'"
+                )
             (a0, a1), (b0, b1) = (tuple(map(int, m)) for m in (matches[0], matches[-1]))
             if a0 > b0 or a1 > b1 or min(a0, a1) < 1:
                 raise GeometryError(f"{field_name}: invalid range {spec!r}: start must be >= 1 and <= end")
@@ -252,9 +254,7 @@ def _round(x: float, rounding: Rounding) -> int:
     raise GeometryError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
 
 
-def unpad_shape(
-    size: ImageSize, stitched: GridShape, rounding: Rounding = "hf"
-) -> tuple[GridShape, Offsets]:
+def unpad_shape(size: ImageSize, stitched: GridShape, rounding: Rounding = "hf") -> tuple[GridShape, Offsets]:
     """Rows and columns of the stitched feature map that hold image content, and where they start.
 
     ``rounding="hf"`` is transformers' ``int(round(x, 7))`` (the default); ``"llava"`` is the reference's ``int(x)``.
@@ -434,5 +434,7 @@ def single_tile_layout(
 def tokens_per_side(tile_size: int, patch_size: int) -> int:
     """Feature tokens along one side of a tile: ``S // p`` (a "valid" patch convolution; SigLIP 384/14 -> 27)."""
     if patch_size <= 0 or tile_size <= 0 or patch_size > tile_size:
-        raise GeometryError(f"need 0 < patch_size <= tile_size, got tile_size={tile_size}, patch_size={patch_size}")
+        raise GeometryError(
+            f"need 0 < patch_size <= tile_size, got tile_size={tile_size}, patch_size={patch_size}"
+        )
     return tile_size // patch_size

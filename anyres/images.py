@@ -59,7 +59,9 @@ def describe(obj: Any) -> str:
     return f"<{type(obj).__name__}>"
 
 
-def open_image(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> LoadedImage:
+def open_image(
+    obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None
+) -> LoadedImage:
     """Load, orient and convert ``obj`` to RGB.
 
     ``draft_size`` (``(width, height)``) lets JPEG files decode at a reduced scale that is still at least that large
@@ -76,13 +78,73 @@ def open_image(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tu
     elif _is_torch_tensor(obj):
         image = _from_chw_tensor(obj, source, max_pixels)
     else:
-        raise ImageError(source, f"unsupported input type {type(obj).__name__}; pass a PIL image, a path, "
-                         "an HWC uint8 numpy array or a CHW uint8 torch tensor")
+        raise ImageError(
+            source,
+            f"unsupported input type {type(obj).__name__}; pass a PIL image, a path, "
+            "an HWC uint8 numpy array or a CHW uint8 torch tensor",
+        )
     try:
         image = ImageOps.exif_transpose(image)
     except Exception as exc:  # corrupt EXIF blocks should not lose the image
         warnings.warn(f"{source}: ignoring unreadable EXIF orientation ({exc})", stacklevel=2)
     return LoadedImage(to_rgb(image, source), source)
+
+
+def load_pixels(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None):
+    """Like :func:`open_image`, but return ``(hwc_uint8_tensor, source)`` ready for tiling.
+
+    Baseline JPEG files whose PIL mode is RGB or L are decoded by torchvision's libjpeg-turbo binding (bit-identical
+    to PIL's decoder, without PIL's slow export to arrays); a file without a proper end marker takes the PIL path,
+    which rejects truncated data. CHW uint8 RGB tensors are used without a copy.
+    """
+    import torch
+
+    if draft_size is not None and isinstance(obj, (str, os.PathLike)):
+        full = peek_size(obj)
+        if full is None or full[0] < 2 * draft_size[0] or full[1] < 2 * draft_size[1]:
+            draft_size = None  # a reduced JPEG decode (1/2, 1/4, 1/8) would not fit: decode normally
+    if draft_size is None and isinstance(obj, (str, os.PathLike)):
+        fast = _decode_jpeg(os.fspath(obj), max_pixels)
+        if fast is not None:
+            return fast, describe(obj)
+    if _is_torch_tensor(obj) and obj.dtype == torch.uint8 and obj.ndim == 3 and obj.shape[0] == 3:
+        _check_size(obj.shape[2], obj.shape[1], describe(obj), max_pixels)
+        return obj.detach().cpu().permute(1, 2, 0), describe(obj)
+    loaded = open_image(obj, max_pixels=max_pixels, draft_size=draft_size)
+    from anyres.tiling import from_pil
+
+    return from_pil(loaded.image), loaded.source
+
+
+def _decode_jpeg(path: str, max_pixels: int):
+    source = path
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            _check_size(im.size[0], im.size[1], source, max_pixels)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None  # let the PIL path produce the precise error
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return None  # possibly truncated: PIL raises a clear error for it
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    try:
+        chw = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
+    except RuntimeError:
+        return None
+    return chw.permute(1, 2, 0).contiguous()
 
 
 def peek_size(obj: Any) -> tuple[int, int] | None:
@@ -157,7 +219,9 @@ def _open_path(path: str, source: str, max_pixels: int, draft_size: tuple[int, i
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(source, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(source, f"cannot decode image ({exc}); the file is unreadable or truncated") from None
+        raise ImageError(
+            source, f"cannot decode image ({exc}); the file is unreadable or truncated"
+        ) from None
     return image
 
 
@@ -183,5 +247,7 @@ def _from_chw_tensor(tensor: Any, source: str, max_pixels: int) -> Image.Image:
     if tensor.dtype != torch.uint8:
         raise ImageError(source, f"tensor images must be uint8 CHW, got dtype {tensor.dtype}")
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
-        raise ImageError(source, f"tensor images must be CHW with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}")
+        raise ImageError(
+            source, f"tensor images must be CHW with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
+        )
     return _from_hwc_array(tensor.detach().cpu().permute(1, 2, 0).numpy(), source, max_pixels)

@@ -34,7 +34,9 @@ def _check(features: torch.Tensor, layout: Layout, out: torch.Tensor | None) -> 
             f"'{layout.strategy}' has {layout.num_tiles} tiles"
         )
     if out is not None and tuple(out.shape) != (layout.num_tokens, features.shape[-1]):
-        raise GeometryError(f"out must have shape {(layout.num_tokens, features.shape[-1])}, got {tuple(out.shape)}")
+        raise GeometryError(
+            f"out must have shape {(layout.num_tokens, features.shape[-1])}, got {tuple(out.shape)}"
+        )
 
 
 def stitch_crop(grid: torch.Tensor, layout: Layout, dest: torch.Tensor) -> None:
@@ -52,7 +54,9 @@ def stitch_crop(grid: torch.Tensor, layout: Layout, dest: torch.Tensor) -> None:
             c0, c1 = max(left, c * s), min(left + w, (c + 1) * s)
             if c0 >= c1:
                 continue
-            dest[r0 - top : r1 - top, c0 - left : c1 - left] = tiles[r, c, r0 - r * s : r1 - r * s, c0 - c * s : c1 - c * s]
+            dest[r0 - top : r1 - top, c0 - left : c1 - left] = tiles[
+                r, c, r0 - r * s : r1 - r * s, c0 - c * s : c1 - c * s
+            ]
 
 
 def pack(
@@ -72,7 +76,9 @@ def pack(
     features = _drop_cls(features, layout, has_cls)
     dim = features.shape[-1]
     if layout.newlines and newline is None:
-        raise GeometryError(f"layout '{layout.strategy}' has {layout.newlines} newline tokens but no newline was given")
+        raise GeometryError(
+            f"layout '{layout.strategy}' has {layout.newlines} newline tokens but no newline was given"
+        )
     if out is None:
         out = features.new_empty(layout.num_tokens, dim)
     base_tokens = layout.base_tokens

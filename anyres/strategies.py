@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from anyres import tiling
 from anyres.geometry import (
     DEFAULT_INTERP_SLACK,
     ROUNDING_MODES,
@@ -27,7 +26,7 @@ from anyres.geometry import (
     tiled_layout,
     tokens_per_side,
 )
-from anyres.images import DEFAULT_MAX_PIXELS, ImageError, open_image, peek_size
+from anyres.images import DEFAULT_MAX_PIXELS, ImageError, load_pixels, open_image, peek_size
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +36,8 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+#: Resampling filters (bicubic is the references' choice).
+RESAMPLE_MODES = ("bicubic", "bilinear", "lanczos", "nearest", "box", "hamming")
 #: LLaVA-1.6 / LLaVA-NeXT CLIP-336 pinpoints, as transformers reads them: (height, width) pairs.
 NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 #: LLaVA-OneVision: every grid from 1x1 to 6x6 tiles.
@@ -87,6 +88,7 @@ class Strategy:
     has_cls: bool = False
     rounding: Rounding = "hf"
     resample: str = "bicubic"
+    resize_backend: Literal["pil", "torch"] = "pil"
     max_pixels: int = DEFAULT_MAX_PIXELS
     fast: bool = False
 
@@ -94,8 +96,10 @@ class Strategy:
         tokens_per_side(self.tile_size, self.patch_size)  # validates
         if self.rounding not in ROUNDING_MODES:
             raise GeometryError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
-        if self.resample not in tiling.RESAMPLE:
-            raise GeometryError(f"resample must be one of {sorted(tiling.RESAMPLE)}, got {self.resample!r}")
+        if self.resample not in RESAMPLE_MODES:
+            raise GeometryError(f"resample must be one of {RESAMPLE_MODES}, got {self.resample!r}")
+        if self.resize_backend not in ("torch", "pil"):
+            raise GeometryError(f"resize_backend must be 'torch' or 'pil', got {self.resize_backend!r}")
         for what, value in (("image_mean", self.image_mean), ("image_std", self.image_std)):
             if len(value) != 3:
                 raise GeometryError(f"{what} must have 3 values (RGB), got {value!r}")
@@ -123,8 +127,10 @@ class Strategy:
         for f in dataclasses.fields(self):
             if f.init:
                 value = getattr(self, f.name)
-                out[f.name] = [list(v) for v in value] if f.name == "grid_pinpoints" and isinstance(value, tuple) else (
-                    list(value) if isinstance(value, tuple) else value
+                out[f.name] = (
+                    [list(v) for v in value]
+                    if f.name == "grid_pinpoints" and isinstance(value, tuple)
+                    else (list(value) if isinstance(value, tuple) else value)
                 )
         return out
 
@@ -138,8 +144,11 @@ class Strategy:
         return self.layout(size).num_tokens
 
     # -- pixels ---------------------------------------------------------------------------------------------
-    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
-        """Return the base tile (S x S x 3 uint8) and the grid canvas (or ``None``)."""
+    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the base tile (``[S, S, 3]`` uint8) and the grid canvas (HWC uint8, or ``None``).
+
+        ``pixels`` is a PIL image (``resize_backend="pil"``) or an HWC uint8 tensor (``"torch"``).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement _render()")
 
     def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
@@ -153,6 +162,8 @@ class Strategy:
         """Pixels for many images in one contiguous ``[sum(num_tiles), 3, S, S]`` buffer."""
         import torch
 
+        from anyres import tiling
+
         loaded, layouts = [], []
         for image in images:
             draft = peeked = None
@@ -160,23 +171,27 @@ class Strategy:
                 peeked = peek_size(image)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
-            item = open_image(image, max_pixels=self.max_pixels, draft_size=draft)
-            original = ImageSize.from_pil(peeked) if draft is not None else ImageSize.from_pil(item.image.size)
-            loaded.append(item)
-            layouts.append(self.layout(original))
+            if self.resize_backend == "torch":
+                pixels, source = load_pixels(image, max_pixels=self.max_pixels, draft_size=draft)
+            else:
+                item = open_image(image, max_pixels=self.max_pixels, draft_size=draft)
+                pixels, source = item.image, item.source
+            decoded = ImageSize(*tiling.image_size(pixels))
+            loaded.append((pixels, source))
+            layouts.append(self.layout(ImageSize.from_pil(peeked) if draft is not None else decoded))
         total = sum(layout.num_tiles for layout in layouts)
         s = self.tile_size
         out = torch.empty((total, 3, s, s), dtype=torch.float32)
         start = 0
-        for item, layout in zip(loaded, layouts):
+        for (pixels, source), layout in zip(loaded, layouts):
             try:
-                base, canvas = self._render(item.image, layout)
-            except (OSError, ValueError) as exc:
-                raise ImageError(item.source, f"cannot process image ({exc})") from None
+                base, canvas = self._render(pixels, layout)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ImageError(source, f"cannot process image ({exc})") from None
             tiling.write_tiles(out[start : start + layout.num_tiles], base, canvas, s)
             start += layout.num_tiles
         tiling.normalize_(out, self.image_mean, self.image_std)
-        return TileBatch(out, tuple(layouts), tuple(item.source for item in loaded))
+        return TileBatch(out, tuple(layouts), tuple(source for _, source in loaded))
 
     # -- features -------------------------------------------------------------------------------------------
     def pack(
@@ -207,17 +222,26 @@ class PadStrategy(Strategy):
 
     def layout(self, size: ImageSize | Sequence[int]) -> Layout:
         return single_tile_layout(
-            ImageSize.of(size), strategy=self.strategy_name, tile_size=self.tile_size, patch_size=self.patch_size,
+            ImageSize.of(size),
+            strategy=self.strategy_name,
+            tile_size=self.tile_size,
+            patch_size=self.patch_size,
             newline=self.newline,
         )
 
-    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
-        import numpy as np
-        from PIL import Image
+    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+        side = max(size)
+        return (
+            max(1, -(-size.width * self.tile_size // side)),
+            max(1, -(-size.height * self.tile_size // side)),
+        )
 
-        square = tiling.square_pad(image, layout, self.fill)
-        base = tiling.resize(Image.fromarray(square), self.tile_size, self.tile_size, self.resample)
-        return np.asarray(base), None
+    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from anyres import tiling
+
+        decoded = self.layout(ImageSize(*tiling.image_size(pixels)))  # differs from `layout` in fast mode
+        square = tiling.square_pad(pixels, decoded, self.fill)
+        return tiling.resize(square, self.tile_size, self.tile_size, self.resample, self.resize_backend), None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,19 +302,16 @@ class AnyResStrategy(Strategy):
         layout = self.layout(size)
         return (max(layout.resized.width, self.tile_size), max(layout.resized.height, self.tile_size))
 
-    def _render(self, image: Any, layout: Layout) -> tuple[Any, Any]:
-        import numpy as np
-        from PIL import Image
+    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from anyres import tiling
 
         s = self.tile_size
-        canvas = tiling.grid_canvas(image, layout, self.resample)
+        canvas = tiling.grid_canvas(pixels, layout, self.resample, self.resize_backend)
         if self.base_image == "squash":
-            base = tiling.resize(image, s, s, self.resample)
-        else:
-            pad = PadStrategy(tile_size=s, patch_size=self.patch_size, image_mean=self.image_mean)
-            square = tiling.square_pad(image, pad.layout(ImageSize.from_pil(image.size)), pad.fill)
-            base = tiling.resize(Image.fromarray(square), s, s, self.resample)
-        return np.asarray(base), canvas
+            return tiling.resize(pixels, s, s, self.resample, self.resize_backend), canvas
+        pad = PadStrategy(tile_size=s, patch_size=self.patch_size, image_mean=self.image_mean)
+        square = tiling.square_pad(pixels, pad.layout(ImageSize(*tiling.image_size(pixels))), pad.fill)
+        return tiling.resize(square, s, s, self.resample, self.resize_backend), canvas
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,7 +385,9 @@ def get_strategy(name: str, **params: Any) -> Strategy:
         name = "anyres_max"
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown strategy {name!r}; registered: {', '.join(list_strategies())} (or anyres_max_<N>)")
+        raise ValueError(
+            f"unknown strategy {name!r}; registered: {', '.join(list_strategies())} (or anyres_max_<N>)"
+        )
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(params) - fields)
     if unknown:

@@ -1,0 +1,47 @@
+"""The repository's promises: README's test command is exactly what CI runs, and the packages stay decoupled."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_gives_two_commands_and_ci_runs_the_test_one_verbatim():
+    blocks = _bash_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) == 2, "README must give exactly two set-up commands (main job, tests)"
+    test_command = blocks[1]
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+    assert "pytest" in test_command and ".ci/constraints.txt" in test_command and '".[dev]"' in test_command
+
+
+def test_ci_constraints_pin_torch():
+    pins = (ROOT / ".ci" / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+    project = (ROOT / "pyproject.toml").read_text()
+    assert "torch==" not in project  # the package itself never pins torch
+
+
+def _imports(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_anyres_and_video_never_import_onevision():
+    assert "onevision" not in _imports("anyres")
+    assert "onevision" not in _imports("video")
+    assert "video" not in _imports("anyres")
