@@ -78,7 +78,7 @@ def _with_newline_column(main: Image.Image, *, rows: int, cell: int, count: int)
     step = main.height / max(rows, 1)
     for r in range(rows):
         y0 = round(r * step)
-        y1 = max(y0 + 1, round((r + 1) * step) - 1)
+        y1 = max(y0, round((r + 1) * step) - (2 if step >= 3 else 1))  # a gap shows one token per row
         draw.rectangle([main.width + 6, y0, main.width + 6 + cell, y1], fill=_NEWLINE)
     return panel
 

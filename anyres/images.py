@@ -26,6 +26,7 @@ DEFAULT_MAX_PIXELS = 268_435_456
 
 _PIL_TO_RGB = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_ORIENTATION = 0x0112
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -84,7 +85,8 @@ def open_image(
             "an HWC uint8 numpy array or a CHW uint8 torch tensor",
         )
     try:
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(_ORIENTATION, 1) not in (0, 1):  # exif_transpose copies even when upright
+            image = ImageOps.exif_transpose(image)
     except Exception as exc:  # corrupt EXIF blocks should not lose the image
         warnings.warn(f"{source}: ignoring unreadable EXIF orientation ({exc})", stacklevel=2)
     return LoadedImage(to_rgb(image, source), source)
@@ -155,7 +157,7 @@ def peek_size(obj: Any) -> tuple[int, int] | None:
     try:
         with Image.open(os.fspath(obj)) as im:
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = im.getexif().get(_ORIENTATION, 1)
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ImageError(source, f"cannot read image header ({exc})") from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
@@ -210,7 +212,7 @@ def _open_path(path: str, source: str, max_pixels: int, draft_size: tuple[int, i
             image = Image.open(path)
         _check_size(image.size[0], image.size[1], source, max_pixels)
         if draft_size is not None and image.format == "JPEG":
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # draft_size is for the upright image
+            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # draft_size is for the upright image
                 draft_size = (draft_size[1], draft_size[0])
             image.draft("RGB", draft_size)
         image.load()
