@@ -14,6 +14,10 @@ from collections.abc import Sequence
 #: sub-command name -> "module:register" where ``register(subparsers)`` adds the parser and sets ``func``.
 COMMANDS: dict[str, str] = {
     "tokens": "onevision.commands.tokens:register",
+    "train": "onevision.commands.train:register",
+    "recipes": "onevision.commands.recipes:register",
+    "chat": "onevision.commands.chat:register",
+    "convert": "onevision.commands.convert:register",
 }
 
 

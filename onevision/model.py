@@ -1,0 +1,337 @@
+"""``OneVisionModel``: vision tower -> projector -> exact token packing -> causal LM.
+
+Visual features replace the placeholder tokens the processor inserted, using the exact counts of the ``anyres``
+(images) and ``video`` (frames) layouts that travel with the inputs. One batch may mix single-image, multi-image,
+video and text-only samples: every tile and frame of the batch goes through the vision tower in one call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import anyres
+from onevision.config import OneVisionConfig
+from onevision.encoders import VisionEncoder, build_encoder
+from onevision.errors import ConfigError, InputError
+from onevision.llm import build_llm, set_activation_checkpointing
+from onevision.projectors import build_projector
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding (the rule transformers' ``generate`` uses): ``cumsum - 1``, pads at 0."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+class OneVisionModel(nn.Module):
+    """A LLaVA-OneVision-style VLM. Components: ``vision_tower``, ``projector``, ``language_model``,
+    ``image_newline``; build with :meth:`from_config` (or :func:`onevision.load` for checkpoints)."""
+
+    def __init__(
+        self,
+        config: OneVisionConfig,
+        *,
+        vision_tower: VisionEncoder | None = None,
+        language_model: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.vision_tower = vision_tower if vision_tower is not None else build_encoder(config.vision)
+        self.language_model = language_model if language_model is not None else build_llm(config.llm)
+        hidden = self.language_model.get_input_embeddings().embedding_dim
+        self.projector = build_projector(config.projector, self.vision_tower.info.width, hidden)
+        self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
+        self.config = config
+        self._pooling = None
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: OneVisionConfig) -> OneVisionModel:
+        """Build the components the config names (pretrained component weights when ``pretrained`` is set)."""
+        return cls(config)
+
+    @property
+    def image_token_id(self) -> int:
+        if self.config.image_token_id is None:
+            raise ConfigError(
+                "config.image_token_id is not set; build the model with its tokenizer/processor"
+            )
+        return self.config.image_token_id
+
+    @property
+    def video_token_id(self) -> int:
+        if self.config.video_token_id is None:
+            raise ConfigError(
+                "config.video_token_id is not set; build the model with its tokenizer/processor"
+            )
+        return self.config.video_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_newline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_newline.dtype
+
+    def component_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per component (``vision``, ``projector``, ``llm``, ``newline``) for optimizer groups.
+
+        Encoder weights the feature rule never uses (SigLIP's post-layernorm) are frozen and not listed.
+        """
+        return {
+            "vision": self.vision_tower.feature_parameters(),
+            "projector": list(self.projector.parameters()),
+            "llm": list(self.language_model.parameters()),
+            "newline": [self.image_newline],
+        }
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Activation checkpointing in the LLM and the vision tower (non-reentrant by default)."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        set_activation_checkpointing(self.language_model, True, kwargs)
+        self.vision_tower.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_activation_checkpointing(self.language_model, False)
+        self.vision_tower.set_grad_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    def frame_pooling(self):
+        """The ``video.FramePooling`` used to pack video features (built lazily from the config policy)."""
+        if self._pooling is None:
+            import video
+
+            info = self.vision_tower.info
+            params = {
+                "tile_size": info.tile_size,
+                "patch_size": info.patch_size,
+                **self.config.processor.video,
+            }
+            self._pooling = video.FramePooling(**params)
+        return self._pooling
+
+    # -- visual features ------------------------------------------------------------------------------------
+    def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encoder features projected to the LLM width: ``[N, 3, S, S] -> [N, P, D]``."""
+        return self.projector(self.vision_tower(pixel_values.to(self.dtype)))
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_layouts: Sequence[anyres.Layout] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_layouts: Sequence[Any] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with every placeholder run replaced by its packed visual features."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        image_layouts = tuple(image_layouts or ())
+        video_layouts = tuple(video_layouts or ())
+        _check_pixels(
+            "pixel_values", pixel_values, image_layouts, sum(lay.num_tiles for lay in image_layouts)
+        )
+        _check_pixels(
+            "pixel_values_videos",
+            pixel_values_videos,
+            video_layouts,
+            sum(_frames(lay) for lay in video_layouts),
+        )
+        spans = [
+            self._placeholder_positions(input_ids, self.image_token_id, image_layouts, "image"),
+            self._placeholder_positions(input_ids, self.video_token_id, video_layouts, "video"),
+        ]
+        if not image_layouts and not video_layouts:
+            if self.training and torch.is_grad_enabled():
+                # keep every rank's vision tower in the graph (ZeRO-3 / DDP): a dummy tile, multiplied by 0
+                dummy = self.encode_tiles(self.vision_tower.dummy_input())
+                embeds = embeds + 0.0 * (dummy.sum() + self.image_newline.sum()).to(embeds.dtype)
+            return embeds
+        parts = [
+            p
+            for p in (pixel_values if image_layouts else None, pixel_values_videos if video_layouts else None)
+            if p is not None
+        ]
+        features = self.encode_tiles(parts[0] if len(parts) == 1 else torch.cat(parts))
+        n_img_tiles = sum(lay.num_tiles for lay in image_layouts)
+        per_image = (
+            features[:n_img_tiles].split([lay.num_tiles for lay in image_layouts]) if image_layouts else ()
+        )
+        per_video = (
+            features[n_img_tiles:].split([_frames(lay) for lay in video_layouts]) if video_layouts else ()
+        )
+        newline = self.image_newline.to(features.dtype)
+        direct = not torch.is_grad_enabled()  # inference: pack straight into inputs_embeds (no extra copy)
+        for (rows, cols), feats_list, layouts, packer in (
+            (spans[0], per_image, image_layouts, self._pack_image),
+            (spans[1], per_video, video_layouts, self._pack_video),
+        ):
+            start = 0
+            for feats, layout in zip(feats_list, layouts):
+                n = layout.num_tokens
+                r, c0, c1 = rows[start], cols[start], cols[start + n - 1]
+                contiguous = rows[start + n - 1] == r and c1 - c0 == n - 1  # always so from the processor
+                if contiguous and direct and feats.dtype == embeds.dtype:
+                    packer(feats, layout, newline, embeds[r, c0 : c1 + 1])
+                elif contiguous:
+                    embeds[r, c0 : c1 + 1] = packer(feats, layout, newline, None).to(embeds.dtype)
+                else:
+                    idx = (
+                        torch.tensor(rows[start : start + n], device=embeds.device),
+                        torch.tensor(cols[start : start + n], device=embeds.device),
+                    )
+                    embeds = embeds.index_put(idx, packer(feats, layout, newline, None).to(embeds.dtype))
+                start += n
+        return embeds
+
+    @staticmethod
+    def _pack_image(feats, layout, newline, out):
+        return anyres.pack(feats, layout, newline, out=out)
+
+    def _pack_video(self, feats, layout, newline, out):
+        packed = self.frame_pooling().pack(feats, layout, newline)
+        if out is not None:
+            out.copy_(packed)
+        return packed
+
+    def _placeholder_positions(self, input_ids: torch.Tensor, token_id: int, layouts: tuple, kind: str):
+        is_tok = input_ids == token_id
+        expected = sum(lay.num_tokens for lay in layouts)
+        found = int(is_tok.sum())
+        if found != expected:
+            per_sample = is_tok.sum(dim=1).tolist()
+            raise InputError(
+                f"{kind} placeholders and {kind} features do not match: the input ids hold {found} <{kind}> tokens "
+                f"(per sample: {per_sample}) but the {len(layouts)} {kind} layout(s) need {expected}"
+            )
+        rows, cols = is_tok.nonzero(as_tuple=True)
+        return rows.tolist(), cols.tolist()
+
+    # -- forward / generate ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_layouts: Sequence[anyres.Layout] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_layouts: Sequence[Any] | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Logits (and the shifted causal-LM ``loss`` when ``labels`` are given; ``-100`` is ignored).
+
+        Without explicit ``position_ids``, positions are counted from the attention mask, so left-padded rows get
+        the same positions as unpadded ones.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(
+                input_ids, pixel_values, image_layouts, pixel_values_videos, video_layouts
+            )
+        if position_ids is None and attention_mask is not None and _cache_len(past_key_values) == 0:
+            position_ids = positions_from_mask(attention_mask)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            labels=labels,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_layouts: Sequence[anyres.Layout] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_layouts: Sequence[Any] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        streamer: Any = None,
+        seed: int | None = None,
+        labels: Any = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """New tokens ``[B, <= max_new_tokens]`` (KV cache; greedy when ``temperature == 0``, else sampling).
+
+        Batches must be left-padded (the processor's default). ``streamer`` is a transformers streamer (``put``
+        / ``end``); other keyword arguments go to transformers' ``generate``.
+        """
+        from transformers import GenerationConfig
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise InputError("batched generation needs left padding (the last column has padding)")
+        embeds = self.embed_inputs(input_ids, pixel_values, image_layouts, pixel_values_videos, video_layouts)
+        sample = temperature is not None and temperature > 0
+        params: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample}
+        if sample:
+            params.update(
+                temperature=temperature,
+                top_p=top_p if top_p is not None else 1.0,
+                top_k=top_k if top_k is not None else 0,
+            )
+        if repetition_penalty is not None:
+            params["repetition_penalty"] = repetition_penalty
+        if eos_token_id is not None:
+            params["eos_token_id"] = eos_token_id
+        params["pad_token_id"] = (
+            pad_token_id
+            if pad_token_id is not None
+            else (eos_token_id[0] if isinstance(eos_token_id, list) and eos_token_id else eos_token_id)
+        )
+        params.update(generate_kwargs)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            generation_config=GenerationConfig(**params),
+            streamer=streamer,
+        )
+
+
+def _frames(layout: Any) -> int:
+    return int(layout.num_frames)
+
+
+def _cache_len(past_key_values: Any) -> int:
+    if past_key_values is None:
+        return 0
+    get = getattr(past_key_values, "get_seq_length", None)
+    return int(get()) if get is not None else 1
+
+
+def _check_pixels(name: str, pixels: torch.Tensor | None, layouts: tuple, expected_tiles: int) -> None:
+    if pixels is None and not layouts:
+        return
+    if pixels is None or not layouts:
+        raise InputError(f"{name} and its layouts must be given together")
+    if pixels.shape[0] != expected_tiles:
+        raise InputError(f"{name} holds {pixels.shape[0]} tiles but the layouts describe {expected_tiles}")

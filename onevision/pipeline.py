@@ -1,0 +1,220 @@
+"""The inference API: ``onevision.load(path_or_hub_id)`` -> :class:`Pipeline` (model + matching processor).
+
+Low level (transformers-style)::
+
+    pipe = onevision.load("path/to/checkpoint")
+    logits = pipe.model(**pipe.processor(text="<image>\\nWhat is this?", images=[img])).logits
+
+High level::
+
+    pipe.generate("What is this?", images=[img])                 # -> str
+    pipe.chat([{"role": "user", "content": "<video>\\nDescribe."}], videos=["clip.mp4"], stream=True)  # -> iterator
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from onevision.config import OneVisionConfig
+from onevision.errors import InputError
+from onevision.templates import normalize_messages
+
+
+class Pipeline:
+    """A model and the processor that matches it (same policy, tokenizer and template)."""
+
+    def __init__(self, model: Any, processor: Any):
+        self.model = model
+        self.processor = processor
+
+    # -- construction / persistence -------------------------------------------------------------------------
+    @property
+    def config(self) -> OneVisionConfig:
+        return self.model.config
+
+    def save(self, directory: str) -> None:
+        """Write a native checkpoint (``config.json`` + ``model.safetensors`` + tokenizer)."""
+        from onevision.checkpoints import save_native
+
+        save_native(self, directory)
+
+    def to(self, device: Any = None, dtype: Any = None) -> Pipeline:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[Any] | None = None,
+        video: Any = None,
+        *,
+        videos: Sequence[Any] | None = None,
+        system: str | None = None,
+        stream: bool = False,
+        **options: Any,
+    ) -> str | Iterator[str]:
+        """Answer one user ``prompt`` about optional ``images`` and/or a ``video`` (path, Clip or frames).
+
+        Without tags in ``prompt``, one ``<image>\\n`` per image and one ``<video>\\n`` are put in front of it.
+        Options: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``num_frames``, ``seed``.
+        """
+        videos = list(videos or ()) + ([video] if video is not None else [])
+        messages: list[dict[str, Any]] = [] if system is None else [{"role": "system", "content": system}]
+        messages.append({"role": "user", "content": self._with_tags(prompt, len(images or ()), len(videos))})
+        return self.chat(messages, images=images, videos=videos, stream=stream, **options)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        images: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
+        *,
+        stream: bool = False,
+        **options: Any,
+    ) -> str | Iterator[str]:
+        """Continue a conversation (``{"role","content"}`` turns, content may hold image/video parts) with the
+        assistant's next answer. ``stream=True`` returns an iterator of text pieces."""
+        if stream:
+            return self._stream([(messages, images, videos)], options)
+        return self.batch([{"messages": messages, "images": images, "videos": videos}], **options)[0]
+
+    def batch(
+        self, requests: Sequence[Mapping[str, Any]], *, batch_size: int = 8, **options: Any
+    ) -> list[str]:
+        """Answers for many requests (``{"messages": [...]}`` or ``{"prompt": str}``, plus ``images`` /
+        ``videos`` / ``video``), generated ``batch_size`` at a time with left padding."""
+        answers: list[str] = []
+        for start in range(0, len(requests), batch_size):
+            chunk = [self._request(r) for r in requests[start : start + batch_size]]
+            answers.extend(self._generate(chunk, options))
+        return answers
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _with_tags(self, prompt: str, n_images: int, n_videos: int) -> str:
+        p = self.processor
+        if p.image_token in prompt or p.video_token in prompt:
+            return prompt
+        return (p.image_token + "\n") * n_images + (p.video_token + "\n") * n_videos + prompt
+
+    def _request(self, r: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        videos = list(r.get("videos") or ()) + ([r["video"]] if r.get("video") is not None else [])
+        images = list(r.get("images") or ())
+        if r.get("messages") is not None:
+            return r["messages"], images, videos
+        if r.get("prompt") is None:
+            raise InputError("a request needs 'messages' or 'prompt'")
+        return (
+            [{"role": "user", "content": self._with_tags(r["prompt"], len(images), len(videos))}],
+            images,
+            videos,
+        )
+
+    def _inputs(self, requests: Sequence[tuple[Any, Any, Any]], num_frames: int | None):
+        samples = []
+        for messages, images, videos in requests:
+            msgs, _, _ = normalize_messages(
+                messages, image_token=self.processor.image_token, video_token=self.processor.video_token
+            )
+            if msgs and msgs[-1].role == "assistant":
+                raise InputError("the conversation already ends with an assistant turn")
+            samples.append(
+                self.processor.build_sample(
+                    messages,
+                    images=images or None,
+                    videos=videos or None,
+                    add_generation_prompt=True,
+                    num_frames=num_frames,
+                )
+            )
+            for key in ("labels",):
+                samples[-1].pop(key, None)
+        return self.processor.collate(samples, padding_side="left").to(self.model.device, self.model.dtype)
+
+    def _gen_kwargs(self, options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        options = dict(options)
+        num_frames = options.pop("num_frames", None)
+        options.setdefault("eos_token_id", self.processor.stop_token_ids)
+        options.setdefault("pad_token_id", self.processor.pad_token_id)
+        return options, num_frames
+
+    def _generate(self, requests: Sequence[tuple[Any, Any, Any]], options: dict[str, Any]) -> list[str]:
+        kwargs, num_frames = self._gen_kwargs(options)
+        inputs = self._inputs(requests, num_frames)
+        out = self.model.generate(**inputs, **kwargs)
+        return [self.processor.decode(row, skip_special_tokens=True).strip() for row in out]
+
+    def _stream(self, requests: Sequence[tuple[Any, Any, Any]], options: dict[str, Any]) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        kwargs, num_frames = self._gen_kwargs(options)
+        inputs = self._inputs(requests, num_frames)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(**inputs, streamer=streamer, **kwargs)
+            except BaseException as exc:  # surfaced in the consumer thread
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def pieces() -> Iterator[str]:
+            yield from streamer
+            thread.join()
+            if errors:
+                raise errors[0]
+
+        return pieces()
+
+
+def from_config(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = None) -> Pipeline:
+    """Build a model (random or pretrained component weights, as the config says) and its processor.
+
+    ``tokenizer`` defaults to ``config.llm.tokenizer`` or ``config.llm.pretrained`` (``from_pretrained``).
+    """
+    from onevision.llm import fit_embeddings, load_tokenizer, max_positions
+    from onevision.model import OneVisionModel
+    from onevision.processor import OneVisionProcessor, resolve_processor_config
+
+    if tokenizer is None:
+        source = config.llm.tokenizer or config.llm.pretrained
+        if source is None:
+            raise InputError("no tokenizer: pass tokenizer=..., or set llm.tokenizer / llm.pretrained")
+        tokenizer = load_tokenizer(source)
+    model = OneVisionModel(config)
+    processor_config = resolve_processor_config(config.processor, model.vision_tower.info)
+    processor = OneVisionProcessor(
+        tokenizer, processor_config, max_length=max_positions(model.language_model)
+    )
+    fit_embeddings(model.language_model, tokenizer)
+    model.config = dataclasses.replace(
+        config,
+        processor=processor.config,
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+    )
+    # one dtype for every component (a pretrained LLM may load in bf16 while the others are built in fp32)
+    model.to(dtype=dtype if dtype is not None else model.language_model.dtype)
+    model.eval()
+    return Pipeline(model, processor)
+
+
+def load(
+    path_or_hub_id: str, *, device: Any = None, dtype: Any = None, format: str = "auto", **kwargs: Any
+) -> Pipeline:
+    """Load any supported checkpoint (native onevision, HF ``llava_onevision``, original LLaVA-NeXT) as a
+    ready :class:`Pipeline`. Hub ids are fetched with ``huggingface_hub``; local directories are read as is."""
+    from onevision.checkpoints import load_checkpoint
+
+    pipe = load_checkpoint(path_or_hub_id, format=format, **kwargs)
+    if device is not None or dtype is not None:
+        pipe.to(device=device, dtype=dtype)
+    pipe.model.eval()
+    return pipe
