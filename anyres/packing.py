@@ -1,10 +1,12 @@
 """Feature side: turn per-tile encoder features into the exact token sequence a :class:`Layout` describes.
 
-The grid is written tile by tile straight into the (channels-last) output, cropping the padding on the way, so
-there is no channel-first stitched copy; only the τ cap needs an intermediate map for bilinear interpolation.
+Each output token is a gather of one feature row from an index table cached per layout; the τ cap resizes the
+gathered (channels-last) map with PyTorch's bilinear kernel; the newline is written last.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +14,18 @@ import torch.nn.functional as F
 from anyres.geometry import GeometryError, Layout
 
 
-def _drop_cls(features: torch.Tensor, layout: Layout, has_cls: bool) -> torch.Tensor:
+def _cls_offset(features: torch.Tensor, layout: Layout, has_cls: bool) -> int:
+    """1 when each tile's features start with a CLS token to skip, else 0."""
     expected = layout.tokens_per_tile
     if has_cls and features.shape[1] == expected + 1:
-        return features[:, 1:]
+        return 1
     if features.shape[1] != expected:
         raise GeometryError(
             f"features have {features.shape[1]} tokens per tile, expected {expected}"
             + (f" (or {expected + 1} with CLS)" if has_cls else "")
             + f" for tile {layout.tile_size} / {layout.tokens_per_side} tokens per side"
         )
-    return features
+    return 0
 
 
 def _check(features: torch.Tensor, layout: Layout, out: torch.Tensor | None) -> None:
@@ -39,24 +42,29 @@ def _check(features: torch.Tensor, layout: Layout, out: torch.Tensor | None) -> 
         )
 
 
-def stitch_crop(grid: torch.Tensor, layout: Layout, dest: torch.Tensor) -> None:
-    """Write the unpadded region of the stitched tile grid into ``dest`` ``[h, w, D]`` (any strides)."""
+@functools.lru_cache(maxsize=1024)
+def _gather_index(layout: Layout, tokens_per_tile: int, offset: int) -> torch.Tensor:
+    """Rows of ``features.reshape(-1, D)`` to gather, cached per layout.
+
+    Uncapped layouts: one row per output token (base, then each grid row followed by a newline slot that reads
+    row 0 and is overwritten). Capped layouts: the base tokens, then the whole unpadded map row-major (the input of
+    the bilinear resize).
+    """
+    base = torch.arange(layout.base_tokens) + offset
+    if layout.grid.count == 0:  # single tile: [base, newline slot?]
+        return torch.cat([base, torch.zeros(layout.newlines, dtype=base.dtype)])
     s = layout.tokens_per_side
     top, left = layout.unpad_offsets
-    h, w = layout.unpadded
-    cols = layout.grid.cols
-    tiles = grid.view(layout.grid.rows, cols, s, s, grid.shape[-1])
-    for r in range(layout.grid.rows):
-        r0, r1 = max(top, r * s), min(top + h, (r + 1) * s)
-        if r0 >= r1:
-            continue
-        for c in range(cols):
-            c0, c1 = max(left, c * s), min(left + w, (c + 1) * s)
-            if c0 >= c1:
-                continue
-            dest[r0 - top : r1 - top, c0 - left : c1 - left] = tiles[
-                r, c, r0 - r * s : r1 - r * s, c0 - c * s : c1 - c * s
-            ]
+    rows, cols = layout.unpadded
+    rr, cc = torch.meshgrid(torch.arange(rows) + top, torch.arange(cols) + left, indexing="ij")
+    tile = 1 + (rr // s) * layout.grid.cols + cc // s
+    grid = tile * tokens_per_tile + offset + (rr % s) * s + cc % s
+    if not layout.is_capped and layout.newlines:
+        grid = torch.cat([grid, torch.zeros(rows, 1, dtype=grid.dtype)], 1)
+    parts = [base, grid.reshape(-1)]
+    if layout.base_position == "last":
+        parts.reverse()
+    return torch.cat(parts).contiguous()
 
 
 def pack(
@@ -71,41 +79,49 @@ def pack(
 
     ``newline`` ``[D]`` is required when the layout has newlines. ``out`` may be a view into a larger buffer
     (e.g. the LLM's ``inputs_embeds``) to avoid a copy. With ``has_cls`` a leading CLS token per tile is dropped.
+
+    One gather per image from an index table cached per layout (straight into ``out`` when uncapped); capped
+    grids are resized by PyTorch's bilinear kernel on a channels-last view. No channel-first stitched copy, no
+    ``cat``. Within 1e-6 of transformers' ``pack_image_features``.
     """
     _check(features, layout, out)
-    features = _drop_cls(features, layout, has_cls)
+    offset = _cls_offset(features, layout, has_cls)
     dim = features.shape[-1]
     if layout.newlines and newline is None:
         raise GeometryError(
             f"layout '{layout.strategy}' has {layout.newlines} newline tokens but no newline was given"
         )
-    if out is None:
-        out = features.new_empty(layout.num_tokens, dim)
-    base_tokens = layout.base_tokens
-    if layout.grid.count == 0:  # single tile: [base, newline?]
-        out[:base_tokens] = features[0]
-        if layout.newlines:
-            out[base_tokens] = newline.to(out.dtype)
-        return out
-    grid_len = layout.num_tokens - base_tokens
-    if layout.base_position == "first":
-        out[:base_tokens] = features[0]
-        grid_out = out[base_tokens:]
+    table = features.reshape(-1, dim)
+    index = _gather_index(layout, features.shape[1], offset)
+    if not layout.is_capped:
+        if out is not None and out.is_contiguous():
+            packed = torch.index_select(table, 0, index, out=out)
+        else:
+            packed = table.index_select(0, index)
+            if out is not None:
+                packed = out.copy_(packed)
     else:
-        grid_out = out[:grid_len]
-        out[grid_len:] = features[0]
-    h, w = layout.capped
-    width = w + (1 if layout.newlines else 0)
-    rows_view = grid_out.view(h, width, dim)
-    if layout.is_capped:
+        gathered = table.index_select(0, index)  # base tokens, then the unpadded map, row-major
+        packed = out if out is not None else features.new_empty(layout.num_tokens, dim)
         uh, uw = layout.unpadded
-        stitched = features.new_empty(uh, uw, dim)
-        stitch_crop(features[1:], layout, stitched)
-        # channels-last NCHW view of the map: bilinear, align_corners=False, no antialias (as the references)
-        resized = F.interpolate(stitched.permute(2, 0, 1)[None], size=[h, w], mode="bilinear")
-        rows_view[:, :w] = resized[0].permute(1, 2, 0)
-    else:
-        stitch_crop(features[1:], layout, rows_view[:, :w])
+        h, w = layout.capped
+        base = layout.base_tokens
+        if layout.base_position == "first":
+            packed[:base] = gathered[:base]
+            grid_in, grid_out = gathered[base:], packed[base:]
+        else:
+            packed[-base:] = gathered[-base:]
+            grid_in, grid_out = gathered[:-base], packed[:-base]
+        # a channels-last NCHW view: PyTorch's vectorised bilinear kernel, align_corners=False, no antialias
+        stitched = grid_in.view(1, uh, uw, dim).permute(0, 3, 1, 2)
+        resized = F.interpolate(stitched, size=[h, w], mode="bilinear")
+        width = w + (1 if layout.newlines else 0)
+        grid_out.view(h, width, dim)[:, :w] = resized[0].permute(1, 2, 0)
     if layout.newlines:
-        rows_view[:, w] = newline.to(out.dtype)
-    return out
+        if layout.grid.count == 0:
+            packed[layout.base_tokens] = newline.to(packed.dtype)
+        else:
+            h, w = layout.capped
+            start = layout.base_tokens if layout.base_position == "first" else 0
+            packed[start : start + h * (w + 1)].view(h, w + 1, dim)[:, w] = newline.to(packed.dtype)
+    return packed
