@@ -1,0 +1,508 @@
+"""PyAV backend (the default): frame-exact, and decodes only what the requested frames need.
+
+How a read works (indexed mode, the normal case):
+
+1. **Index.** On open, every packet of the video stream is demuxed, **not decoded** (cheap), recording its
+   presentation timestamp (pts), keyframe flag and decode position. Frame ``i`` is the ``i``-th smallest pts
+   (edit-list ``discard`` packets excluded), exactly like decord's frame index. A frame is decodable from the
+   last keyframe before it in decode order whose pts is not after its own (so open-GOP leading pictures
+   start one GOP earlier).
+2. **Seek only where it saves work.** Targets are visited in decode order. After each packet, if the earliest
+   keyframe still needed lies more than ``MIN_SEEK_GAP`` packets ahead, frames whose packets were already sent
+   are drained out of the decoder and the demuxer seeks to that keyframe; otherwise decoding continues. Every seek is
+   verified (the first packet must be at or before the wanted keyframe), else we seek to an earlier keyframe or
+   re-read from the start without seeking.
+3. **Skip what nobody looks at.** For H.264/HEVC, packets that are not requested are sent with
+   ``skip_frame="NONREF"``: non-reference pictures are then not decoded at all, while every reference picture
+   still is, so the requested frames are bit-identical to a decode-everything pass. Requested packets are
+   sent with ``skip_frame="DEFAULT"``. The setting is copied per packet into FFmpeg's frame-threading workers.
+4. Decoded frames are matched to requests by pts, converted to RGB24 and returned.
+
+Codecs outside the seek/skip allow-lists are decoded sequentially from the start (still stopping after the last
+requested frame). Streams whose packets lack unique pts are read in "ordinal" mode: frame ``i`` is the
+``i``-th decoded frame.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from video._mp4 import mp4_rotation
+from video.backends.base import (
+    Backend,
+    OpenOptions,
+    Reader,
+    VideoInfo,
+    frame_rate_from_timestamps,
+)
+from video.errors import VideoError
+from video.limits import Deadline
+
+__all__ = ["PyAVBackend", "PyAVReader"]
+
+log = logging.getLogger(__name__)
+
+NAME = "pyav"
+
+#: Codecs whose container keyframe flags are reliable seek points and that emit one frame per packet.
+SEEKABLE_CODECS = frozenset(
+    {
+        "h264",
+        "hevc",
+        "mpeg4",
+        "mpeg1video",
+        "mpeg2video",
+        "vp9",
+        "libvpx-vp9",
+        "av1",
+        "libdav1d",
+        "libaom-av1",
+        "mjpeg",
+        "prores",
+        "dnxhd",
+        "h263",
+        "ffv1",
+        "rawvideo",
+        "png",
+    }
+)
+#: Codecs read by pts index but never seeked (frames depend on all earlier ones, e.g. GIF disposal).
+INDEXED_CODECS = SEEKABLE_CODECS | {"gif", "apng", "webp"}
+#: Codecs for which ``skip_frame="NONREF"`` is used on packets nobody asked for.
+NONREF_CODECS = frozenset({"h264", "hevc"})
+#: Seek only when it skips at least this many packets: a seek flushes the decoder and restarts its frame
+#: threads, which costs about as much as decoding a few (mostly skipped) packets.
+MIN_SEEK_GAP = 12
+#: Containers whose header frame count is exact (MP4 sample tables): a shortfall means truncation.
+_EXACT_COUNT_FORMATS = ("mov", "mp4")
+
+
+class _SeekFailed(Exception):
+    """Internal: the demuxer could not position before the wanted keyframe."""
+
+
+def _av() -> Any:
+    import av  # lazy: importing `video` must not import PyAV
+
+    return av
+
+
+def _open_container(path: Path) -> Any:
+    av = _av()
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.error.FileNotFoundError as exc:
+        raise VideoError(path, "file not found", reason="not_found", backend=NAME) from exc
+    except av.error.EOFError as exc:
+        raise VideoError(
+            path, f"unexpected end of file while opening ({exc})", reason="corrupt", backend=NAME
+        ) from exc
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoError(path, f"cannot open container ({exc})", reason="corrupt", backend=NAME) from exc
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    attached_pic = _av().stream.Disposition.attached_pic
+    streams = [s for s in container.streams.video if not (s.disposition & attached_pic)]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoError(
+            path,
+            f"no video stream (streams: {', '.join(kinds)})",
+            reason="no_video_stream",
+            backend=NAME,
+        )
+    stream = streams[0]
+    if stream.codec_context is None:
+        raise VideoError(
+            path,
+            "unsupported codec: FFmpeg has no decoder for this video stream",
+            reason="unsupported_codec",
+            backend=NAME,
+        )
+    return stream
+
+
+def _rotation(path: Path, container: Any, stream: Any) -> int:
+    if any(name in container.format.name for name in _EXACT_COUNT_FORMATS):
+        rotation = mp4_rotation(path)
+        if rotation is not None:
+            return rotation
+    try:
+        return int(float(stream.metadata.get("rotate", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+class PyAVReader(Reader):
+    """A video opened with PyAV, with its packet index built (see the module docstring)."""
+
+    backend = NAME
+
+    def __init__(self, path: Path, options: OpenOptions, deadline: Deadline) -> None:
+        self.path = path
+        self.warnings = []
+        self._threads = options.threads
+        av = _av()
+        container = _open_container(path)
+        try:
+            stream = _video_stream(container, path)
+            self._stream_index = stream.index
+            cc = stream.codec_context
+            self.codec = str(cc.name)
+            self.width = int(cc.width)
+            self.height = int(cc.height)
+            self.container = str(container.format.name)
+            self.rotation = _rotation(path, container, stream)
+            self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
+            header_rate = stream.average_rate or stream.guessed_rate
+            declared = int(stream.frames or 0)
+
+            pts: list[int | None] = []
+            keyframe: list[bool] = []
+            discard: list[bool] = []
+            duration: list[int] = []
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0:
+                        continue
+                    pts.append(packet.pts)
+                    keyframe.append(bool(packet.is_keyframe))
+                    discard.append(bool(packet.is_discard))
+                    duration.append(int(packet.duration or 0))
+                    if len(pts) % 512 == 0:
+                        deadline.check(path, NAME)
+            except av.error.FFmpegError as exc:
+                if not pts:
+                    raise VideoError(
+                        path, f"cannot demux the video stream ({exc})", reason="corrupt", backend=NAME
+                    ) from exc
+                self.warnings.append(f"demuxing stopped after {len(pts)} packets: {exc}")
+        except BaseException:
+            container.close()
+            raise
+        # kept for the first read (saves re-opening, which probes the stream again); rewound or seeked then
+        self._container: Any = container
+
+        self._pts = pts
+        self._keyframe = keyframe
+        total_packets = len(pts)
+        if declared > total_packets and any(f in self.container for f in _EXACT_COUNT_FORMATS):
+            self.declared_frames = declared
+
+        shown = [i for i in range(total_packets) if not discard[i]]
+        shown_pts = [pts[i] for i in shown]
+        self._indexed = (
+            self.codec in INDEXED_CODECS
+            and all(p is not None for p in shown_pts)
+            and len(set(shown_pts)) == len(shown_pts)
+        )
+        self._seekable = self._indexed and self.codec in SEEKABLE_CODECS
+        self._nonref = self._seekable and self.codec in NONREF_CODECS
+        self.num_frames = len(shown)
+        tick = float(self._time_base)
+
+        if self._indexed:
+            order = sorted(range(len(shown)), key=lambda k: shown_pts[k])
+            self._present_pts = [shown_pts[k] for k in order]  # frame i -> pts
+            self._dpos = [shown[k] for k in order]  # frame i -> decode position
+            self._pos_of_pts = {p: i for i, p in enumerate(pts) if p is not None}
+            self._index_of_pts = {p: i for i, p in enumerate(self._present_pts)}
+            self._key_positions = [i for i in range(total_packets) if keyframe[i]]
+            start = self._present_pts[0] if self._present_pts else 0
+            self._times = np.array([(p - start) for p in self._present_pts], dtype=np.float64) * tick
+            last_duration = duration[self._dpos[-1]] * tick if self._dpos else 0.0
+        else:
+            self._times = None
+            last_duration = 0.0
+
+        if self._times is not None and self.num_frames > 0:
+            self.fps, self.cfr = frame_rate_from_timestamps(self._times, header_rate, tick)
+        else:
+            self.fps = Fraction(header_rate).limit_denominator(1_000_000) if header_rate else Fraction(1)
+            self.cfr = True
+        if not self.cfr and self._times is not None:
+            step = float(self._times[-1]) / max(1, self.num_frames - 1)
+            self._vfr_duration = float(self._times[-1]) + (last_duration if last_duration > 0 else step)
+
+    # -- metadata ------------------------------------------------------------------------------------
+    def timestamps(self) -> np.ndarray:
+        if self.cfr or self._times is None:
+            return super().timestamps()
+        return self._times.copy()
+
+    @property
+    def duration(self) -> float:
+        if self.cfr or self._times is None:
+            return super().duration
+        return self._vfr_duration
+
+    def keyframes(self) -> np.ndarray:
+        if self._indexed:
+            keys = {self._index_of_pts.get(self._pts[p]) for p in self._key_positions}
+            keys.discard(None)
+        else:  # ordinal: keyframe packets counted in decode order (approximate for B-frame streams)
+            keys = {k for k, is_key in enumerate(self._keyframe) if is_key and k < self.num_frames}
+        if not keys:
+            keys = {0}
+        return np.array(sorted(keys), dtype=np.int64)
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def _configure(self, stream: Any) -> Any:
+        cc = stream.codec_context
+        if not cc.is_open:  # threading can only be set before the decoder opens
+            cc.thread_type = "AUTO"
+            cc.thread_count = self._threads
+        return cc
+
+    def _take_container(self) -> tuple[Any, bool]:
+        """The container to read with, and whether it was already demuxed (the indexing one)."""
+        container, self._container = self._container, None
+        if container is not None:
+            return container, True
+        return _open_container(self.path), False
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def _key_for(self, i: int) -> int:
+        """Decode position of the keyframe to start from for frame ``i``."""
+        d = self._dpos[i]
+        j = bisect.bisect_right(self._key_positions, d) - 1
+        while j >= 0 and self._pts[self._key_positions[j]] > self._present_pts[i]:
+            j -= 1
+        return self._key_positions[j] if j >= 0 else 0
+
+    def read(self, indices: np.ndarray, deadline: Deadline) -> dict[int, np.ndarray]:
+        targets = sorted({int(i) for i in indices})
+        if not targets:
+            return {}
+        self._reformatter = None
+        if not self._indexed:
+            return self._read_ordinal(targets, deadline)
+        try:
+            return self._read_indexed(targets, deadline, seek=self._seekable)
+        except _SeekFailed as exc:
+            log.debug("%s: %s; re-reading from the start without seeking", self.path, exc)
+            return self._read_indexed(targets, deadline, seek=False)
+
+    def _convert(self, frame: Any, out: dict[int, np.ndarray], index: int) -> None:
+        if self._reformatter is None:  # one reformatter per read keeps swscale's context across frames
+            self._reformatter = _av().video.reformatter.VideoReformatter()
+        if (frame.height, frame.width) == (self.height, self.width) or not (self.height and self.width):
+            rgb = self._reformatter.reformat(frame, format="rgb24")
+        else:  # mid-stream resolution change: keep one output size
+            rgb = self._reformatter.reformat(frame, format="rgb24", width=self.width, height=self.height)
+        out[index] = rgb.to_ndarray()
+
+    def _decode(self, stream: Any, packet: Any) -> list[Any]:
+        av = _av()
+        try:
+            return stream.decode(packet)
+        except av.error.EOFError:
+            return []
+        except av.error.FFmpegError as exc:  # keep going: the caller reports frames that never came out
+            self._decode_errors += 1
+            if self._decode_errors == 1:
+                self.warnings.append(f"decoder error: {exc}")
+            return []
+
+    def _read_indexed(self, targets: list[int], deadline: Deadline, *, seek: bool) -> dict[int, np.ndarray]:
+        want = {self._present_pts[i]: i for i in targets}
+        by_decode = sorted((self._dpos[i], self._key_for(i)) for i in targets)
+        target_dpos = [d for d, _ in by_decode]
+        # earliest keyframe still needed by the targets whose packets come after a given decode position
+        suffix_key = [k for _, k in by_decode]
+        for j in range(len(suffix_key) - 2, -1, -1):
+            suffix_key[j] = min(suffix_key[j], suffix_key[j + 1])
+
+        def next_key(position: int) -> int | None:
+            j = bisect.bisect_right(target_dpos, position)
+            return suffix_key[j] if j < len(suffix_key) else None
+
+        out: dict[int, np.ndarray] = {}
+        pending: set[int] = set()  # pts sent to the decoder but not yet received
+        self._decode_errors = 0
+        container, used = self._take_container()
+        try:
+            stream = container.streams[self._stream_index]
+            cc = self._configure(stream)
+            skip_state = "DEFAULT"
+
+            def collect(frames: Iterable[Any]) -> None:
+                for frame in frames:
+                    index = want.get(frame.pts)
+                    if index is not None and index not in out:
+                        self._convert(frame, out, index)
+                        pending.discard(frame.pts)
+
+            position = -1
+            first_key = suffix_key[0]
+            packets: Iterator[Any]
+            if seek and first_key > 0:
+                packets = self._seek(container, stream, first_key)
+            elif used:  # rewind the indexing container (verified, else re-read from a fresh one)
+                if not self._key_positions or self._key_positions[0] != 0:
+                    raise _SeekFailed("cannot rewind: the stream does not start with a keyframe")
+                packets = self._seek(container, stream, 0)
+            else:
+                packets = iter(container.demux(stream))
+            while True:
+                jumped = False
+                for packet in packets:
+                    deadline.check(self.path, NAME)
+                    if packet.size == 0:  # end of stream: flush the decoder
+                        collect(self._decode(stream, None))
+                        return out
+                    position = self._pos_of_pts.get(packet.pts, position + 1)
+                    needed = packet.pts in want
+                    if self._nonref:
+                        desired = "DEFAULT" if needed else "NONREF"
+                        if desired != skip_state:
+                            cc.skip_frame = desired
+                            skip_state = desired
+                    if needed:
+                        pending.add(packet.pts)
+                    collect(self._decode(stream, packet))
+                    if len(out) == len(want):
+                        return out
+                    key = next_key(position)
+                    if key is None:  # every requested packet is in the decoder: drain and stop
+                        collect(self._decode(stream, None))
+                        return out
+                    if seek and key > position + MIN_SEEK_GAP:
+                        if pending:
+                            collect(self._decode(stream, None))
+                            pending.clear()
+                            if len(out) == len(want):
+                                return out
+                        packets = self._seek(container, stream, key)
+                        jumped = True
+                        break
+                if not jumped:  # demuxer ended without a flush packet
+                    collect(self._decode(stream, None))
+                    return out
+        finally:
+            container.close()
+
+    def _seek(self, container: Any, stream: Any, key_position: int) -> Iterator[Any]:
+        """Position the demuxer at or before the keyframe at ``key_position``; verify it."""
+        av = _av()
+        j = bisect.bisect_left(self._key_positions, key_position)
+        candidates = [
+            self._key_positions[k] for k in range(min(j, len(self._key_positions) - 1), max(-1, j - 4), -1)
+        ]
+        for candidate in candidates:
+            target_pts = self._pts[candidate]
+            try:
+                container.seek(int(target_pts), stream=stream, backward=True)
+                packets = iter(container.demux(stream))
+                first = next((p for p in packets if p.size > 0), None)
+            except av.error.FFmpegError as exc:
+                raise _SeekFailed(f"seek failed: {exc}") from exc
+            if first is None:
+                continue
+            position = self._pos_of_pts.get(first.pts)
+            if position is not None and position <= key_position:
+                return itertools.chain([first], packets)
+        raise _SeekFailed(f"could not position before packet {key_position}")
+
+    def _read_ordinal(self, targets: list[int], deadline: Deadline) -> dict[int, np.ndarray]:
+        want = set(targets)
+        out: dict[int, np.ndarray] = {}
+        self._decode_errors = 0
+        self.close()  # ordinal streams cannot be verified after a rewind: always start from a fresh open
+        container = _open_container(self.path)
+        try:
+            stream = container.streams[self._stream_index]
+            self._configure(stream)
+            count = 0
+            last = targets[-1]
+            for packet in container.demux(stream):
+                deadline.check(self.path, NAME)
+                for frame in self._decode(stream, None if packet.size == 0 else packet):
+                    if count in want:
+                        self._convert(frame, out, count)
+                    count += 1
+                if count > last:
+                    break
+            return out
+        finally:
+            container.close()
+
+
+class PyAVBackend(Backend):
+    """PyAV (FFmpeg bindings); always installed with ``onevision``."""
+
+    name = NAME
+    modules = ("av",)
+    extra = None
+
+    @classmethod
+    def install_hint(cls) -> str:
+        return "pip install av"
+
+    def open(self, path: Path, options: OpenOptions, deadline: Deadline) -> Reader:
+        return PyAVReader(path, options, deadline)
+
+    def probe(self, path: Path, options: OpenOptions, deadline: Deadline) -> VideoInfo:
+        av = _av()
+        container = _open_container(path)
+        try:
+            stream = _video_stream(container, path)
+            cc = stream.codec_context
+            time_base = Fraction(stream.time_base) if stream.time_base else None
+            frames = int(stream.frames or 0)
+            if frames == 0:  # header has no count (Matroska, WebM, ...): count packets, still no decoding
+                try:
+                    for packet in container.demux(stream):
+                        if packet.size and not packet.is_discard:
+                            frames += 1
+                            if frames % 512 == 0:
+                                deadline.check(path, NAME)
+                except av.error.FFmpegError as exc:
+                    if frames == 0:
+                        raise VideoError(
+                            path, f"cannot demux ({exc})", reason="corrupt", backend=NAME
+                        ) from exc
+            rate = stream.average_rate or stream.guessed_rate
+            base = stream.base_rate
+            constant = bool(rate and base and abs(float(rate) - float(base)) <= 1e-3 * float(base))
+            if (
+                constant and frames
+            ):  # like the reference's video_time = total / avg_fps (MP4 header durations drift)
+                duration = float(frames / Fraction(rate))
+            elif stream.duration and time_base:
+                duration = float(stream.duration * time_base)
+            elif container.duration:
+                duration = container.duration / 1_000_000
+            elif rate and frames:
+                duration = float(frames / Fraction(rate))
+            else:
+                duration = 0.0
+            if not rate:
+                rate = Fraction(frames) / Fraction(duration) if frames and duration > 0 else Fraction(0)
+            return VideoInfo(
+                path=str(path),
+                backend=NAME,
+                num_frames=frames,
+                fps=float(rate),
+                duration=duration,
+                width=int(cc.width),
+                height=int(cc.height),
+                rotation=_rotation(path, container, stream),
+                codec=str(cc.name),
+                container=str(container.format.name),
+            )
+        finally:
+            container.close()
