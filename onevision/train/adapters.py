@@ -1,0 +1,214 @@
+"""Adapters from the real ``OneVisionModel`` / ``OneVisionProcessor`` to the trainer's interfaces.
+
+The recipe's visual policy becomes the processor policy (``ProcessorConfig``) of the model being trained, so the
+data layer's geometry, the processor's placeholder runs and the model's packing are one policy; ``measure`` checks
+that the processor's per-media token counts equal the data layer's and fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onevision.train.data import IMAGE_PLACEHOLDER, DataError, Measure, Media, MediaError, Sample
+from onevision.train.recipe import Recipe, RecipeError
+
+#: model -> its processor (the model object is what accelerate wraps; the processor travels beside it)
+_PROCESSORS: dict[int, Any] = {}
+
+
+def processor_config(recipe: Recipe, base: Any) -> Any:
+    """The recipe's visual policy as a ``ProcessorConfig`` (other fields kept from ``base``)."""
+    v = recipe.visual.video
+    sampling: dict[str, Any] = {"fps": v.video_fps, "force_sample": v.force_sample}
+    if v.frames_upbound:
+        sampling["max_frames"] = v.frames_upbound
+    video = {"mode": v.pool_mode, "stride": v.pool_stride, "newline": v.newline_position or "one_token"}
+    return dataclasses.replace(
+        base,
+        single_image=recipe.image_strategy("image").to_dict(),
+        multi_image=recipe.image_strategy("multi_image").to_dict(),
+        video=video,
+        sampling=sampling,
+        template=recipe.model.template,
+        label_mask=recipe.data.label_mask,
+    )
+
+
+def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
+    """``OneVisionModel`` from ``init_from`` (a native checkpoint), ``model.preset: tiny``, or component ids."""
+    try:
+        from onevision.pipeline import from_config, load
+        from onevision.processor import OneVisionProcessor, resolve_processor_config
+    except ImportError as exc:  # pragma: no cover - the model package is part of onevision
+        raise RecipeError(
+            recipe.source, "model.builder", f"the onevision model is not available ({exc})"
+        ) from None
+    if init_from is not None:
+        pipe = load(str(init_from))
+    elif recipe.model.preset == "tiny":
+        import torch
+
+        from onevision.tiny import tiny_config, tiny_tokenizer
+
+        torch.manual_seed(recipe.seed)
+        pipe = from_config(
+            tiny_config(template=recipe.model.template, **recipe.model.options), tokenizer=tiny_tokenizer()
+        )
+    elif recipe.model.preset is not None:
+        raise RecipeError(
+            recipe.source, "model.preset", f"unknown preset {recipe.model.preset!r}; known: tiny"
+        )
+    else:
+        from onevision.config import LLMConfig, OneVisionConfig, ProjectorConfig, VisionConfig
+
+        opts = dict(recipe.model.options)
+        vision = VisionConfig.from_dict(
+            {
+                "pretrained": recipe.model.vision_tower,
+                "feature_layer": recipe.model.vision_select_layer,
+                **opts.pop("vision", {}),
+            }
+        )
+        llm = LLMConfig.from_dict({"pretrained": recipe.model.language_model, **opts.pop("llm", {})})
+        if opts:
+            raise RecipeError(
+                recipe.source, "model.options", f"unknown option(s) {sorted(opts)}; use vision, llm"
+            )
+        pipe = from_config(
+            OneVisionConfig(vision=vision, projector=ProjectorConfig(recipe.model.projector), llm=llm)
+        )
+    model = pipe.model
+    info = model.vision_tower.info
+    if (info.tile_size, info.patch_size) != (recipe.visual.tile_size, recipe.visual.patch_size):
+        raise RecipeError(
+            recipe.source,
+            "visual.tile_size",
+            f"the recipe says tile {recipe.visual.tile_size} / patch {recipe.visual.patch_size} but the "
+            f"vision encoder has tile {info.tile_size} / patch {info.patch_size}",
+        )
+    cfg = resolve_processor_config(processor_config(recipe, pipe.processor.config), info)
+    processor = OneVisionProcessor(pipe.processor.tokenizer, cfg, max_length=recipe.data.model_max_length)
+    processor.policy = _fps_safe_policy(processor.policy)
+    model.config = dataclasses.replace(model.config, processor=processor.config)
+    model._pooling = None  # rebuilt from the new policy
+    model.train()
+    _PROCESSORS[id(model)] = processor
+    return model
+
+
+def _fps_safe_policy(policy: Any) -> Any:
+    """Work around ``ModalityPolicy.frame_sampling(num_frames=None)`` dropping ``fps`` (the processor always passes
+    ``num_frames``, often ``None``), which breaks fps-based sampling (the OneVision rule: 1 fps, at most 32)."""
+    base = type(policy)
+
+    class _Policy(base):  # type: ignore[misc, valid-type]
+        def frame_sampling(self, **overrides: Any) -> Any:
+            return base.frame_sampling(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    return _Policy(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
+
+
+def build_onevision_encoder(recipe: Recipe, model: Any) -> ProcessorEncoder:
+    processor = _PROCESSORS.get(id(model))
+    if processor is None:
+        raise RecipeError(
+            recipe.source, "model.builder", "no processor for this model (build it with build_model)"
+        )
+    return ProcessorEncoder(processor, recipe)
+
+
+def save_onevision(
+    model: Any, encoder: ProcessorEncoder, directory: Path, state_dict: dict[str, Any] | None
+) -> None:
+    """A native onevision checkpoint (``onevision.load``-able): config, weights, tokenizer."""
+    from onevision.checkpoints import native_config, write_state_dict
+    from onevision.pipeline import Pipeline
+
+    pipe = Pipeline(model, encoder.processor)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = dict(state_dict if state_dict is not None else model.state_dict())
+    if getattr(model.language_model.config, "tie_word_embeddings", False):
+        state.pop("language_model.lm_head.weight", None)
+    write_state_dict(
+        {k: v.detach().cpu().contiguous() for k, v in state.items()},
+        directory,
+        metadata={"onevision_format_version": "1"},
+    )
+    encoder.processor.tokenizer.save_pretrained(str(directory))
+    native_config(pipe).save(directory / "config.json")
+
+
+class ProcessorEncoder:
+    """``SampleEncoder`` over ``OneVisionProcessor``: counts from headers, encodes with ``build_sample``."""
+
+    loads_video = True  # the processor samples and decodes videos itself (one frame-sampling spec)
+
+    def __init__(self, processor: Any, recipe: Recipe):
+        self.processor = processor
+        self.recipe = recipe
+
+    def _conversation(self, sample: Sample) -> list[dict[str, str]]:
+        conv = []
+        for t in sample.turns:
+            text = t.text
+            if sample.modality == "video":
+                text = text.replace(IMAGE_PLACEHOLDER, self.processor.video_token)
+            conv.append({"role": t.role, "content": text})
+        return conv
+
+    def measure(self, sample: Sample, visual_tokens: Sequence[int]) -> Measure:
+        conv = self._conversation(sample)
+        videos = [sample.video] if sample.video else None
+        try:
+            count = self.processor.count_tokens(
+                conversation=conv, images=list(sample.images) or None, videos=videos
+            )
+        except (OSError, ValueError) as exc:
+            raise MediaError(f"{sample.source}: {exc}") from None
+        parts = tuple(p.tokens for p in count.parts)
+        if parts != tuple(visual_tokens):
+            raise DataError(
+                f"{sample.source}: the processor counts {parts} visual tokens but the recipe's policy "
+                f"gives {tuple(visual_tokens)}; the model's processor policy and the recipe disagree"
+            )
+        if not parts:
+            return Measure(count.total, 0)
+        text = "".join(s.text for s in self.processor.template.render(_messages(self.processor, conv), False))
+        last = max(text.rfind(self.processor.image_token), text.rfind(self.processor.video_token))
+        tail = text[last:].split(">", 1)[1] if last >= 0 else ""
+        n_tail = len(self.processor.tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail else 0
+        return Measure(count.total, count.total - n_tail)
+
+    def encode(self, sample: Sample, media: Media) -> dict[str, Any]:
+        import anyres
+
+        try:
+            item = self.processor.build_sample(
+                self._conversation(sample),
+                images=list(media.images) or None,
+                videos=[sample.video] if sample.video else None,
+                label_mask=self.recipe.data.label_mask,
+                check_length=False,
+            )
+        except anyres.ImageError as exc:
+            raise MediaError(str(exc)) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("video"):
+                raise MediaError(str(exc)) from None
+            raise
+        return dict(item)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self.processor.collate(items, padding_side="right"))
+
+
+def _messages(processor: Any, conv: list[dict[str, str]]) -> list[Any]:
+    from onevision.templates import normalize_messages
+
+    msgs, _, _ = normalize_messages(
+        conv, image_token=processor.image_token, video_token=processor.video_token
+    )
+    return msgs

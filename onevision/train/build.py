@@ -1,0 +1,89 @@
+"""Build the model and its sample encoder from a recipe (``model.builder`` is a registry key, never a name match).
+
+* ``onevision``: ``onevision.model.OneVisionModel`` and ``onevision.processor.OneVisionProcessor`` (adapted to
+  :class:`onevision.train.data.SampleEncoder` by :mod:`onevision.train.adapters`).
+
+A stage with ``init_from`` loads the previous stage's output directory; the recipe's visual policy is applied on
+top (a later stage may change the image strategy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onevision.train.recipe import Recipe, RecipeError
+
+STAGE_FILE = "stage.json"
+
+
+def check_init_from(recipe: Recipe) -> Path | None:
+    """The previous stage's directory, checked to be a finished stage (``stage.json`` is written last)."""
+    if not recipe.init_from:
+        return None
+    d = Path(recipe.init_from)
+    if not d.is_dir():
+        raise RecipeError(recipe.source, "init_from", f"{d} does not exist; run the previous stage first")
+    if not (d / STAGE_FILE).is_file():
+        raise RecipeError(
+            recipe.source,
+            "init_from",
+            f"{d} is not a finished stage (no {STAGE_FILE}); the previous "
+            "stage was interrupted or is still running",
+        )
+    return d
+
+
+def _onevision_model(recipe: Recipe) -> Any:
+    from onevision.train.adapters import build_onevision_model
+
+    return build_onevision_model(recipe, check_init_from(recipe))
+
+
+def _onevision_encoder(recipe: Recipe, model: Any) -> Any:
+    from onevision.train.adapters import build_onevision_encoder
+
+    return build_onevision_encoder(recipe, model)
+
+
+def _onevision_save(model: Any, encoder: Any, directory: Path, state_dict: dict[str, Any] | None) -> None:
+    from onevision.train.adapters import save_onevision
+
+    save_onevision(model, encoder, directory, state_dict)
+
+
+#: builder -> (build model, build encoder, save a self-contained model directory)
+MODEL_BUILDERS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., None]]] = {
+    "onevision": (_onevision_model, _onevision_encoder, _onevision_save),
+}
+
+
+def build_model(recipe: Recipe) -> Any:
+    """The model for ``recipe`` (fresh, or loaded from ``init_from``)."""
+    return MODEL_BUILDERS[recipe.model.builder][0](recipe)
+
+
+def build_encoder(recipe: Recipe, model: Any = None) -> Any:
+    """The :class:`~onevision.train.data.SampleEncoder` matching ``model``."""
+    return MODEL_BUILDERS[recipe.model.builder][1](recipe, model)
+
+
+def enable_gradient_checkpointing(recipe: Recipe, model: Any) -> None:
+    """Activation checkpointing through the model's own switch.
+
+    For the onevision model the transformers input-require-grads hook is removed afterwards: it is only needed by
+    reentrant checkpointing (``OneVisionModel`` uses non-reentrant) and it turns the token embeddings into a leaf
+    that requires grad, which breaks the in-place splice of visual features when the LLM is frozen (stage 1).
+    """
+    model.gradient_checkpointing_enable()
+    lm = getattr(model, "language_model", None)
+    if recipe.model.builder == "onevision" and hasattr(lm, "disable_input_require_grads"):
+        lm.disable_input_require_grads()
+
+
+def save_model(
+    recipe: Recipe, model: Any, encoder: Any, directory: Path, state_dict: dict[str, Any] | None
+) -> None:
+    """Write a self-contained, loadable model directory (the next stage's ``init_from``)."""
+    MODEL_BUILDERS[recipe.model.builder][2](model, encoder, Path(directory), state_dict)

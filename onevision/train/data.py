@@ -1,0 +1,642 @@
+"""Training data: LLaVA JSON/JSONL conversations, OneVision mixture YAMLs, exact lengths, lazy loading.
+
+Pipeline:
+
+1. :func:`read_records` reads a ``.json`` list, a ``.jsonl`` file, the brace form ``dir/{a,b}.json`` or a mixture
+   YAML (``datasets: [{json_path, sampling_strategy}]``); ``random:`` selection is seeded from the recipe seed, so
+   every rank selects the same records (the reference does not seed it).
+2. :func:`parse_record` turns one record into an immutable, typed :class:`Sample` (``image``, ``multi_image``,
+   ``video`` or ``text``; ``{"from","value"}`` and ``{"role","content"}`` turns). Records are never mutated.
+3. :func:`plan_samples` measures the **exact** multimodal length of every sample before any pixel is decoded: visual
+   tokens from the ``anyres`` geometry of the image header size (EXIF orientation applied) and, for videos, from the
+   frame-sampling rule and a container probe; text tokens from the encoder. Over-length samples are dropped, capped
+   (trailing text cut, never a visual span) or fatal; unreadable media are skipped with a counted warning (or fatal
+   with ``data.strict``). Samples of modalities the stage does not use are left out, counted.
+4. :class:`TrainDataset` loads media lazily (in DataLoader workers) and asks the encoder for ``input_ids``,
+   ``labels`` (assistant turns only by default) and visual inputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import yaml
+
+from onevision.train.recipe import Recipe, VideoPolicy
+
+if TYPE_CHECKING:
+    import anyres
+
+logger = logging.getLogger("onevision.train")
+
+IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+ROLE_NAMES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+MIXTURE_KEYS = ("json_path", "sampling_strategy")
+_SAMPLING = re.compile(r"(first|end|random):(\d+)(%?)")
+
+
+class DataError(ValueError):
+    """Invalid training data: names the file (and record) and what is wrong."""
+
+
+class MediaError(DataError):
+    """A media file of one sample cannot be read."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samples
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["system", "user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training conversation. Media paths are resolved; ``source`` is ``file#index`` for messages."""
+
+    id: str
+    modality: Literal["image", "multi_image", "video", "text"]
+    turns: tuple[Turn, ...]
+    images: tuple[str, ...] = ()
+    video: str | None = None
+    source: str = ""
+
+    @property
+    def media(self) -> tuple[str, ...]:
+        return self.images + ((self.video,) if self.video else ())
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Exact encoded length of a sample, and the position just after its last visual token (0 if none)."""
+
+    length: int
+    visual_end: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """A kept sample with its exact length, visual token counts and (``cap`` mode) the length it is cut to."""
+
+    sample: Sample
+    length: int
+    visual_tokens: tuple[int, ...]
+    truncate_to: int | None = None
+
+
+@dataclass
+class DataStats:
+    """What planning kept and dropped, and why (logged at start-up)."""
+
+    records: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    by_modality: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    capped: int = 0
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
+        mods = ", ".join(f"{k} {v}" for k, v in sorted(self.by_modality.items()))
+        return (
+            f"{self.kept}/{self.records} samples kept ({mods}); {self.tokens:,} tokens; "
+            f"capped {self.capped}; dropped: {drops}"
+        )
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """Decoded frames ``[F, H, W, 3]`` uint8, their times in seconds, and the video duration."""
+
+    frames: np.ndarray
+    times: tuple[float, ...]
+    duration: float
+
+
+@dataclass(frozen=True)
+class Media:
+    """Decoded media of one sample: PIL images (in placeholder order) and/or one video."""
+
+    images: tuple[Any, ...] = ()
+    video: VideoFrames | None = None
+
+
+class SampleEncoder(Protocol):
+    """What the trainer needs from a processor (the real ``OneVisionProcessor`` is adapted to this)."""
+
+    def measure(self, sample: Sample, visual_tokens: Sequence[int]) -> Measure:
+        """Exact encoded length given the visual token count of each media item (no pixels decoded)."""
+        ...
+
+    def encode(self, sample: Sample, media: Media) -> dict[str, Any]:
+        """``input_ids`` and ``labels`` (1-D long tensors of the measured length) plus visual inputs."""
+        ...
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """A padded batch for ``model(**batch)``, with an ``attention_mask`` built from lengths."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading records
+
+
+def read_records(path: str | os.PathLike, *, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML."""
+    text = str(path)
+    brace = re.fullmatch(r"(.*)\{([^{}]+)\}(.*)", text)
+    if brace and not Path(text).exists():
+        out = []
+        for part in brace.group(2).split(","):
+            out.extend(read_records(f"{brace.group(1)}{part.strip()}{brace.group(3)}", seed=seed))
+        return out
+    p = Path(text)
+    if p.suffix in (".yaml", ".yml"):
+        return _read_mixture(p, seed)
+    return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p))]
+
+
+def _read_json_file(p: Path) -> list[dict[str, Any]]:
+    if not p.is_file():
+        raise DataError(f"{p}: data file not found")
+    try:
+        if p.suffix == ".jsonl":
+            records = []
+            with open(p) as f:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise DataError(f"{p}:{lineno}: invalid JSON line ({exc})") from None
+        else:
+            records = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: invalid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise DataError(
+            f"{p}: expected a JSON list of samples (or a .jsonl file), got {type(records).__name__}"
+        )
+    return records
+
+
+def _read_mixture(p: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    if not p.is_file():
+        raise DataError(f"{p}: mixture file not found")
+    try:
+        spec = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{p}: invalid YAML ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
+        raise DataError(
+            f"{p}: a mixture needs a top-level 'datasets:' list of {{json_path, sampling_strategy}}"
+        )
+    out: list[tuple[str, dict[str, Any]]] = []
+    for k, entry in enumerate(spec["datasets"]):
+        where = f"{p}: datasets[{k}]"
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            raise DataError(f"{where}: needs json_path")
+        for key in entry:
+            if key not in MIXTURE_KEYS:
+                close = difflib.get_close_matches(str(key), MIXTURE_KEYS, n=1)
+                hint = (
+                    f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(MIXTURE_KEYS)}"
+                )
+                raise DataError(f"{where}: unknown key {key!r}{hint}")
+        json_path = Path(str(entry["json_path"])).expanduser()
+        if not json_path.is_absolute():
+            json_path = p.parent / json_path
+        records = read_records(json_path, seed=seed)
+        chosen = select(records, str(entry.get("sampling_strategy", "all")), seed=seed, stream=k, where=where)
+        out.extend(chosen)
+    return out
+
+
+def select(
+    records: Sequence[Any], strategy: str, *, seed: int, stream: int = 0, where: str = ""
+) -> list[Any]:
+    """Apply a mixture ``sampling_strategy``: ``all``, ``first:N``/``first:N%``, ``end:N``/``end:N%``,
+    ``random:N``/``random:N%`` (percentages are integers, ``N = ceil(pct * len / 100)`` as in the reference).
+
+    ``random`` is a permutation seeded by ``(seed, stream)``: identical on every rank and every run.
+    """
+    strategy = strategy.strip()
+    if strategy == "all":
+        return list(records)
+    m = _SAMPLING.fullmatch(strategy)
+    if not m:
+        raise DataError(
+            f"{where}: sampling_strategy {strategy!r} is not one of all, first:N[%], end:N[%], "
+            "random:N[%] (N an integer)"
+        )
+    kind, number, pct = m.group(1), int(m.group(2)), m.group(3)
+    n = math.ceil(number * len(records) / 100) if pct else number
+    n = min(n, len(records))
+    if kind == "first":
+        return list(records[:n])
+    if kind == "end":
+        return list(records[len(records) - n :]) if n else []
+    order = np.random.default_rng([seed, stream, 0x5EED]).permutation(len(records))[:n]
+    return [records[i] for i in order]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_record(
+    record: Any, *, source: str, image_root: str | None = None, video_root: str | None = None
+) -> Sample:
+    """A typed :class:`Sample` from one LLaVA record (raises :class:`DataError` naming ``source``)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: a sample must be a JSON object, got {type(record).__name__}")
+    convs = record.get("conversations", record.get("messages"))
+    if not isinstance(convs, list) or not convs:
+        raise DataError(f"{source}: needs a non-empty 'conversations' list")
+    turns = []
+    for i, t in enumerate(convs):
+        if not isinstance(t, dict):
+            raise DataError(f"{source}: conversations[{i}] must be an object")
+        if "from" in t or "value" in t:
+            role, text = t.get("from"), t.get("value")
+        else:
+            role, text = t.get("role"), t.get("content")
+        if role not in ROLE_NAMES:
+            raise DataError(
+                f"{source}: conversations[{i}]: unknown role {role!r}; use human/gpt, user/assistant "
+                "or system"
+            )
+        if not isinstance(text, str):
+            raise DataError(f"{source}: conversations[{i}]: the text must be a string")
+        turns.append(Turn(ROLE_NAMES[role], text))  # type: ignore[arg-type]
+    if not any(t.role == "assistant" for t in turns):
+        raise DataError(f"{source}: no assistant turn (nothing to train on)")
+    sid = str(record.get("id", source))
+    image, video = record.get("image"), record.get("video")
+    if image is not None and video is not None:
+        raise DataError(f"{source}: has both 'image' and 'video'; one sample holds one kind of media")
+    images: tuple[str, ...] = ()
+    if image is not None:
+        paths = [image] if isinstance(image, str) else image
+        if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
+            raise DataError(f"{source}: 'image' must be a path or a non-empty list of paths")
+        images = tuple(_join(image_root, x) for x in paths)
+    modality = "text"
+    n_placeholders = sum(t.text.count(IMAGE_PLACEHOLDER) + t.text.count(VIDEO_PLACEHOLDER) for t in turns)
+    if images:
+        modality = "image" if len(images) == 1 else "multi_image"
+        if len(images) == 1:
+            turns = _single_placeholder_first(turns, source)
+        elif n_placeholders != len(images):
+            raise DataError(
+                f"{source}: {len(images)} images but {n_placeholders} {IMAGE_PLACEHOLDER} placeholders"
+            )
+    elif video is not None:
+        if not isinstance(video, str):
+            raise DataError(f"{source}: 'video' must be one path")
+        modality = "video"
+        turns = _single_placeholder_first(turns, source)
+    elif n_placeholders:
+        raise DataError(f"{source}: text-only sample contains {n_placeholders} media placeholder(s)")
+    vid = _join(video_root, video) if isinstance(video, str) else None
+    return Sample(id=sid, modality=modality, turns=tuple(turns), images=images, video=vid, source=source)  # type: ignore[arg-type]
+
+
+def _join(root: str | None, path: str) -> str:
+    return path if (root is None or os.path.isabs(path)) else os.path.join(root, path)
+
+
+def _single_placeholder_first(turns: list[Turn], source: str) -> list[Turn]:
+    """One media item: exactly one placeholder, at the start of its turn (reference ``preprocess_multimodal``);
+    a conversation without one gets ``<image>\\n`` at the start of the first user turn."""
+    count = sum(t.text.count(IMAGE_PLACEHOLDER) + t.text.count(VIDEO_PLACEHOLDER) for t in turns)
+    if count > 1:
+        raise DataError(f"{source}: one image/video but {count} placeholders")
+    out = []
+    placed = count == 1
+    for t in turns:
+        text = t.text.replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER)
+        if IMAGE_PLACEHOLDER in text and not text.startswith(IMAGE_PLACEHOLDER):
+            text = IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()
+        elif not placed and t.role == "user":
+            text = IMAGE_PLACEHOLDER + "\n" + text
+            placed = True
+        out.append(Turn(t.role, text))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry: exact visual token counts without decoding pixels
+
+
+def video_frame_indices(total_frames: int, fps: float, policy: VideoPolicy) -> list[int]:
+    """Frame indices per the reference rule (§6.1): one frame every ``round(fps / video_fps)`` (at least 1), then
+    ``frames_upbound`` uniform frames (``linspace``, both ends) if that gives more, or always with ``force_sample``."""
+    if total_frames < 1:
+        return []
+    step = max(1, round(fps / policy.video_fps)) if fps > 0 else 1
+    idx = list(range(0, total_frames, step))
+    if policy.frames_upbound > 0 and (len(idx) > policy.frames_upbound or policy.force_sample):
+        idx = np.linspace(0, total_frames - 1, policy.frames_upbound, dtype=int).tolist()
+    return idx
+
+
+def video_tokens(num_frames: int, policy: VideoPolicy, tile_size: int, patch_size: int) -> int:
+    """Visual tokens of a video (§2.8): pooled frames plus the newline layout of ``newline_position``."""
+    side = tile_size // patch_size
+    pooled = (
+        math.ceil(side / policy.pool_stride) if policy.pool_mode == "bilinear" else side // policy.pool_stride
+    )
+    per_frame = pooled * pooled
+    pos = policy.newline_position
+    if pos == "one_token":
+        return per_frame * num_frames + 1
+    if pos == "grid":
+        return pooled * (pooled + 1) * num_frames
+    if pos == "frame":
+        return (per_frame + 1) * num_frames
+    if pos == "no_token":
+        return per_frame * num_frames
+    raise DataError(
+        f"visual.video.newline_position must be set (one_token, grid, frame, no_token), got {pos!r}"
+    )
+
+
+def probe_video(path: str) -> tuple[int, float]:
+    """``(total_frames, fps)`` from the container header (PyAV); counts packets if the header has no frame count."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            total = int(stream.frames or 0)
+            if total <= 0:
+                total = sum(1 for pkt in container.demux(stream) if pkt.size)
+    except MediaError:
+        raise
+    except (OSError, av.FFmpegError, ValueError) as exc:
+        raise MediaError(f"{path}: cannot read video ({exc})") from None
+    if total <= 0:
+        raise MediaError(f"{path}: the video has no frames")
+    return total, fps
+
+
+def decode_video(path: str, policy: VideoPolicy) -> VideoFrames:
+    """Decode the sampled frames of ``path`` as RGB uint8 (PyAV)."""
+    import av
+
+    total, fps = probe_video(path)
+    wanted = video_frame_indices(total, fps, policy)
+    want = set(wanted)
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in want:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+    except (OSError, av.FFmpegError, ValueError) as exc:
+        raise MediaError(f"{path}: cannot decode video ({exc})") from None
+    if len(frames) < len(want):  # fewer decodable frames than the header says: repeat the last decoded one
+        if not frames:
+            raise MediaError(f"{path}: no decodable frames")
+        last = frames[max(frames)]
+        frames = {i: frames.get(i, last) for i in wanted}
+    array = np.stack([frames[i] for i in wanted])
+    rate = fps if fps > 0 else 1.0
+    return VideoFrames(array, tuple(i / rate for i in wanted), total / rate)
+
+
+def visual_token_counts(
+    sample: Sample, recipe: Recipe, strategies: dict[str, anyres.Strategy]
+) -> tuple[int, ...]:
+    """Visual tokens of each media item of ``sample``, from headers only (raises :class:`MediaError`)."""
+    import anyres
+    from anyres.images import peek_size
+
+    if sample.modality in ("image", "multi_image"):
+        strategy = strategies[sample.modality]
+        counts = []
+        for path in sample.images:
+            if not os.path.isfile(path):
+                raise MediaError(f"{path}: file does not exist")
+            try:
+                size = peek_size(path)
+            except anyres.ImageError as exc:
+                raise MediaError(str(exc)) from None
+            if size is None or size[0] <= 0 or size[1] <= 0:
+                raise MediaError(f"{path}: empty image")
+            counts.append(strategy.num_tokens(anyres.ImageSize.from_pil(size)))
+        return tuple(counts)
+    if sample.modality == "video":
+        assert sample.video is not None
+        if not os.path.isfile(sample.video):
+            raise MediaError(f"{sample.video}: file does not exist")
+        total, fps = probe_video(sample.video)
+        n = len(video_frame_indices(total, fps, recipe.visual.video))
+        return (video_tokens(n, recipe.visual.video, recipe.visual.tile_size, recipe.visual.patch_size),)
+    return ()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
+    """Parse every record of ``recipe.data.path`` (bad records are skipped and counted unless ``data.strict``)."""
+    stats = DataStats()
+    samples = []
+    for source, record in read_records(recipe.data.path, seed=recipe.seed):
+        stats.records += 1
+        try:
+            samples.append(
+                parse_record(
+                    record,
+                    source=source,
+                    image_root=recipe.data.image_root,
+                    video_root=recipe.data.video_root,
+                )
+            )
+        except DataError as exc:
+            if recipe.data.strict:
+                raise
+            stats.dropped["invalid record"] += 1
+            logger.warning("skipping invalid sample: %s", exc)
+    return samples, stats
+
+
+def plan_samples(
+    samples: Iterable[Sample],
+    recipe: Recipe,
+    encoder: SampleEncoder,
+    stats: DataStats | None = None,
+    *,
+    log: bool = True,
+) -> tuple[list[PlannedSample], DataStats]:
+    """Measure every sample exactly and apply the modality filter, the media check and the length policy."""
+    stats = stats or DataStats()
+    strategies = {m: recipe.image_strategy(m) for m in ("image", "multi_image")}
+    budget = recipe.data.model_max_length
+    wanted = set(recipe.data.modalities)
+    kept: list[PlannedSample] = []
+    warn = logger.warning if log else logger.debug
+    for s in samples:
+        if s.modality not in wanted:
+            stats.dropped[f"modality {s.modality} not in data.modalities"] += 1
+            continue
+        try:
+            counts = visual_token_counts(s, recipe, strategies)
+        except MediaError as exc:
+            if recipe.data.strict:
+                raise MediaError(f"{s.source} (id {s.id}): {exc} [data.strict is true]") from None
+            stats.dropped["bad or missing media"] += 1
+            warn("skipping sample %s (%s): %s", s.id, s.source, exc)
+            continue
+        m = encoder.measure(s, counts)
+        truncate = None
+        if m.length > budget:
+            policy = recipe.data.over_length
+            if policy == "error":
+                raise DataError(
+                    f"{s.source} (id {s.id}): {m.length} tokens exceed data.model_max_length={budget} "
+                    "(set data.over_length to drop or cap)"
+                )
+            if policy == "cap" and m.visual_end < budget:
+                truncate = budget
+                stats.capped += 1
+            else:
+                stats.dropped["over length"] += 1
+                warn(
+                    "dropping sample %s (%s): %d tokens > model_max_length %d%s",
+                    s.id,
+                    s.source,
+                    m.length,
+                    budget,
+                    " (a cut would fall inside a visual span)" if policy == "cap" else "",
+                )
+                continue
+        length = truncate or m.length
+        kept.append(PlannedSample(s, length, counts, truncate))
+        stats.kept += 1
+        stats.tokens += length
+        stats.by_modality[s.modality] += 1
+    return kept, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_media(sample: Sample, recipe: Recipe, *, decode_video: bool = True) -> Media:
+    """Decode the media of one sample (raises :class:`MediaError`). With ``decode_video=False`` the encoder
+    samples and decodes the video itself (from ``sample.video``)."""
+    import anyres
+
+    if sample.modality in ("image", "multi_image"):
+        images = []
+        for path in sample.images:
+            try:
+                images.append(anyres.open_image(path).image)
+            except anyres.ImageError as exc:
+                raise MediaError(str(exc)) from None
+        return Media(images=tuple(images))
+    if sample.modality == "video" and decode_video:
+        assert sample.video is not None
+        return Media(video=_decode_video(sample.video, recipe.visual.video))
+    return Media()
+
+
+_decode_video = decode_video
+
+
+class TrainDataset:
+    """Map-style dataset over planned samples; ``__getitem__`` returns an encoded item, or ``None`` for a sample
+    whose media fail to decode (counted by the collate function; fatal with ``data.strict``)."""
+
+    def __init__(self, planned: Sequence[PlannedSample], recipe: Recipe, encoder: SampleEncoder):
+        self.planned = list(planned)
+        self.recipe = recipe
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.planned)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [p.length for p in self.planned]
+
+    @property
+    def modalities(self) -> list[str]:
+        return [p.sample.modality for p in self.planned]
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        p = self.planned[index]
+        try:
+            media = load_media(
+                p.sample, self.recipe, decode_video=not getattr(self.encoder, "loads_video", False)
+            )
+            item = self.encoder.encode(p.sample, media)
+        except MediaError as exc:
+            if self.recipe.data.strict:
+                raise MediaError(
+                    f"{p.sample.source} (id {p.sample.id}): {exc} [data.strict is true]"
+                ) from None
+            logger.warning("skipping sample %s (%s) at load time: %s", p.sample.id, p.sample.source, exc)
+            return None
+        n = int(item["input_ids"].shape[0])
+        expected = p.truncate_to or p.length
+        if p.truncate_to is not None:
+            item["input_ids"] = item["input_ids"][: p.truncate_to]
+            item["labels"] = item["labels"][: p.truncate_to]
+            n = p.truncate_to
+        if n != expected:
+            raise DataError(
+                f"{p.sample.source} (id {p.sample.id}): encoded length {n} != measured {expected}; "
+                "the encoder's measure() and encode() disagree"
+            )
+        item["sample_id"] = p.sample.id
+        return item
+
+
+class Collator:
+    """Drops failed items (``None``) and counts them in ``batch["skipped"]``; an all-failed micro-batch becomes
+    ``{"empty": True, "skipped": n}`` (the trainer still runs a zero-weight step to keep ranks in lockstep)."""
+
+    def __init__(self, encoder: SampleEncoder):
+        self.encoder = encoder
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        good = [x for x in items if x is not None]
+        skipped = len(items) - len(good)
+        if not good:
+            return {"empty": True, "skipped": skipped}
+        ids = [g.pop("sample_id") for g in good]
+        batch = self.encoder.collate(good)
+        batch["skipped"] = skipped
+        batch["sample_ids"] = ids
+        return batch

@@ -1,0 +1,96 @@
+"""``onevision train --dry-run``: the resolved recipe, the trainable-parameter table and the token budget."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from onevision.train.recipe import Recipe
+
+#: Reference image sizes (height, width) for the per-image token budget.
+REFERENCE_SIZES = ((384, 384), (768, 1024), (1080, 1920), (2160, 3840))
+
+
+def token_budget(recipe: Recipe) -> str:
+    """Tokens per image / video under the recipe's visual policy, and the batch geometry."""
+    from onevision.train.data import video_tokens
+
+    lines = ["token budget:"]
+    t = recipe.train
+    lines.append(
+        f"  model_max_length {recipe.data.model_max_length:,} tokens per sample; micro-batch "
+        f"{t.micro_batch_size} x grad_accum {t.grad_accum} x {recipe.engine.num_processes} process(es) = "
+        f"global batch {recipe.global_batch_size} samples (<= {recipe.global_batch_size * recipe.data.model_max_length:,} tokens)"
+    )
+    lines.append(
+        f"  modalities: {', '.join(recipe.data.modalities)}; over-length samples: {recipe.data.over_length}"
+    )
+    for modality in ("image", "multi_image"):
+        if modality not in recipe.data.modalities:
+            continue
+        s = recipe.image_strategy(modality)
+        counts = ", ".join(f"{w}x{h}: {s.num_tokens((h, w)):,}" for h, w in REFERENCE_SIZES)
+        lines.append(
+            f"  {modality} ({s.strategy_name}, tile {s.tile_size}/patch {s.patch_size}): {counts} (WxH)"
+        )
+    if "video" in recipe.data.modalities:
+        v = recipe.visual.video
+        n = v.frames_upbound or 32
+        tokens = video_tokens(n, v, recipe.visual.tile_size, recipe.visual.patch_size)
+        lines.append(
+            f"  video ({v.pool_mode}/{v.pool_stride}, {v.newline_position}): {tokens:,} tokens at {n} frames "
+            f"({'at most ' if not v.force_sample else ''}{v.frames_upbound or 'uncapped'} frames at "
+            f"{v.video_fps:g} fps)"
+        )
+    return "\n".join(lines)
+
+
+def dry_run(recipe: Recipe, *, build: bool = True) -> str:
+    """Everything ``onevision train`` would print before training, without training."""
+    out = [f"# {recipe.name} ({recipe.source})", recipe.to_yaml().rstrip(), "", token_budget(recipe)]
+    if not build:
+        return "\n".join(out)
+    try:
+        from onevision.train.build import build_encoder, build_model
+        from onevision.train.optim import apply_trainable, build_param_groups, format_table
+
+        model = build_model(recipe)
+        rows = apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+        build_param_groups(model.component_parameters(), recipe)
+        out += ["", "trainable parameters:", format_table(rows)]
+        encoder = build_encoder(recipe, model)
+    except Exception as exc:  # e.g. hub weights not available offline: still show the recipe and budget
+        out += ["", f"trainable parameters: unavailable ({type(exc).__name__}: {exc})"]
+        return "\n".join(out)
+    if recipe.data.synthetic is None and not Path(recipe.data.path).exists():
+        out.append(f"\ndata: {recipe.data.path} not found (lengths not measured)")
+        return "\n".join(out)
+    if recipe.data.synthetic is not None and not Path(recipe.data.path).exists():
+        out.append(f"\ndata: synthetic, generated at {recipe.data.path} on the first run")
+        return "\n".join(out)
+    from onevision.train.data import load_samples, plan_samples
+    from onevision.train.sampler import GroupedBatchSampler
+
+    samples, stats = load_samples(recipe)
+    planned, stats = plan_samples(samples, recipe, encoder, stats, log=False)
+    out += ["", f"data: {stats.summary()}"]
+    if planned:
+        lengths = [p.length for p in planned]
+        sampler = GroupedBatchSampler(
+            lengths,
+            [p.sample.modality for p in planned],
+            micro_batch_size=recipe.train.micro_batch_size,
+            world_size=recipe.engine.num_processes,
+            grad_accum=recipe.train.grad_accum,
+            seed=recipe.seed,
+            group_by=recipe.data.group_by,
+            lookahead=recipe.data.lookahead,
+            drop_last=recipe.data.drop_last,
+        )
+        steps = recipe.train.max_steps or sampler.steps_per_epoch() * recipe.train.epochs
+        out.append(
+            f"  sample length min {min(lengths):,} / median {int(statistics.median(lengths)):,} / max "
+            f"{max(lengths):,}; {sampler.steps_per_epoch()} steps per epoch, {steps} optimizer steps; "
+            f"planned padding {100 * sampler.padding_fraction(0):.1f}%"
+        )
+    return "\n".join(out)

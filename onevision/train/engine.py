@@ -1,0 +1,449 @@
+"""The training loop, on accelerate: single process, DDP, DeepSpeed ZeRO-2 / ZeRO-3 (also on CPU, with gloo).
+
+One optimizer step = ``grad_accum`` micro-batches on each of ``world_size`` processes, planned by
+:class:`~onevision.train.sampler.GroupedBatchSampler`. The logged loss of a step is the mean of its micro-batch
+losses over accumulation and ranks, so 1 process x ``grad_accum=2`` and 2 processes x ``grad_accum=1`` log the same
+numbers. The LR schedule is stepped here, once per optimizer step (never through ``accelerator.prepare``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from onevision.train.build import (
+    STAGE_FILE,
+    build_encoder,
+    build_model,
+    enable_gradient_checkpointing,
+    save_model,
+)
+from onevision.train.checkpoint import CheckpointError, CheckpointManager, load_rng, save_rng
+from onevision.train.data import Collator, DataStats, TrainDataset, load_samples, plan_samples
+from onevision.train.launch import (
+    check_distributed,
+    disable_deepspeed_shm_op,
+    load_deepspeed_config,
+    resolve_deepspeed_config,
+)
+from onevision.train.metrics import TENSORBOARD_MISSING, MetricsLog, Progress, tensorboard_available
+from onevision.train.optim import (
+    apply_trainable,
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    format_table,
+)
+from onevision.train.recipe import Recipe, RecipeError
+from onevision.train.sampler import GroupedBatchSampler
+
+logger = logging.getLogger("onevision.train")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run did."""
+
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    resumed_from: Path | None = None
+    stats: DataStats | None = None
+
+
+def make_accelerator(recipe: Recipe, *, hidden_size: int | None = None) -> Any:
+    """An ``Accelerator`` that really runs the recipe's backend (see :mod:`onevision.train.launch`)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = recipe.engine.backend
+    handlers = (
+        [
+            InitProcessGroupKwargs(
+                backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=recipe.engine.timeout_s)
+            )
+        ]
+        if world > 1
+        else []
+    )
+    common: dict[str, Any] = {
+        "gradient_accumulation_steps": recipe.train.grad_accum,
+        "mixed_precision": "bf16" if recipe.train.precision == "bf16" else "no",
+        "kwargs_handlers": handlers,
+    }
+    if backend in ("zero2", "zero3"):
+        if not cuda and not recipe.engine.deepspeed_shm_op:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            disable_deepspeed_shm_op()
+        path = recipe.deepspeed_config_path()
+        raw = load_deepspeed_config(path, stage=int(backend[-1]))  # type: ignore[arg-type]
+        cfg = resolve_deepspeed_config(
+            raw,
+            micro_batch_size=recipe.train.micro_batch_size,
+            grad_accum=recipe.train.grad_accum,
+            world_size=world,
+            precision=recipe.train.precision,
+            max_grad_norm=recipe.optim.max_grad_norm,
+            hidden_size=hidden_size,
+            cuda=cuda,
+        )
+        # zero3_init_flag=False: models are built (or loaded from init_from) whole on every rank, then partitioned
+        # by prepare(); under zero.Init the model's own weight loader would write into empty partitions.
+        plugin = DeepSpeedPlugin(
+            hf_ds_config=cfg, gradient_accumulation_steps=recipe.train.grad_accum, zero3_init_flag=False
+        )
+        acc = Accelerator(deepspeed_plugin=plugin, **common)
+    else:
+        if recipe.engine.find_unused_parameters:
+            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+        acc = Accelerator(cpu=not cuda, **common)
+    check_distributed(acc, backend)
+    return acc
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _prepare_data(recipe: Recipe, encoder: Any, is_main: bool) -> tuple[TrainDataset, DataStats]:
+    samples, stats = load_samples(recipe)
+    planned, stats = plan_samples(samples, recipe, encoder, stats, log=is_main)
+    if not planned:
+        raise RecipeError(recipe.source, "data.path", f"no usable sample: {stats.summary()}")
+    return TrainDataset(planned, recipe, encoder), stats
+
+
+def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
+    """Run one stage. ``stop_after`` ends the process's loop after that many optimizer steps (tests)."""
+    import torch
+    from accelerate.utils import set_seed
+
+    _setup_logging()
+    if recipe.logging.tensorboard and not tensorboard_available():
+        raise RecipeError(recipe.source, "logging.tensorboard", TENSORBOARD_MISSING)
+    out = Path(recipe.output_dir)
+    acc = make_accelerator(recipe)
+    is_main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if recipe.data.synthetic is not None:
+        from onevision.train.synthetic import ensure_synthetic_dataset
+
+        if is_main:
+            ensure_synthetic_dataset(recipe.data.path, recipe.data.synthetic)
+        acc.wait_for_everyone()
+    set_seed(recipe.seed)
+
+    model = _build_whole_model(recipe)
+    encoder = build_encoder(recipe, model)
+    dataset, stats = _prepare_data(recipe, encoder, is_main)
+    sampler = GroupedBatchSampler(
+        dataset.lengths,
+        dataset.modalities,
+        micro_batch_size=recipe.train.micro_batch_size,
+        world_size=world,
+        rank=rank,
+        grad_accum=recipe.train.grad_accum,
+        seed=recipe.seed,
+        group_by=recipe.data.group_by,
+        lookahead=recipe.data.lookahead,
+        drop_last=recipe.data.drop_last,
+    )
+    per_epoch = sampler.steps_per_epoch()
+    if per_epoch == 0:
+        raise RecipeError(
+            recipe.source,
+            "train",
+            f"{len(dataset)} samples make no full global batch of "
+            f"{sampler.global_batch_size} (micro_batch_size x grad_accum x processes)",
+        )
+    total = recipe.train.max_steps or per_epoch * recipe.train.epochs
+
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(recipe, model)
+    rows = apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+    groups = build_param_groups(model.component_parameters(), recipe)
+    optimizer = build_optimizer(groups, recipe)
+    scheduler = build_scheduler(optimizer, recipe, total)
+    group_names = [g["name"] for g in optimizer.param_groups]
+    if is_main:
+        print(
+            f"[onevision] {recipe.name} (stage {recipe.stage or '-'}): backend {recipe.engine.backend}, "
+            f"{world} process(es), {acc.distributed_type}",
+            flush=True,
+        )
+        print(format_table(rows), flush=True)
+        print(f"[onevision] data: {stats.summary()}", flush=True)
+        print(
+            f"[onevision] {total} optimizer steps ({per_epoch}/epoch), global batch {sampler.global_batch_size}, "
+            f"planned padding {100 * sampler.padding_fraction(0):.1f}%",
+            flush=True,
+        )
+    model, optimizer = acc.prepare(model, optimizer)
+    is_deepspeed = recipe.engine.backend in ("zero2", "zero3")
+
+    ckpt = CheckpointManager(
+        out / "checkpoints",
+        keep_last=recipe.checkpoint.keep_last,
+        is_main=is_main,
+        barrier=acc.wait_for_everyone,
+    )
+    ckpt.clean_incomplete()
+    metrics = MetricsLog(out / "metrics.jsonl" if (is_main and recipe.logging.jsonl) else None)
+    step, resumed = 0, None
+    resume_dir = _find_resume(recipe, ckpt)
+    if resume_dir is not None:
+        manifest = CheckpointManager.read_manifest(resume_dir)
+        if manifest.get("recipe_hash") != recipe.hash() and not recipe.checkpoint.allow_recipe_change:
+            raise CheckpointError(
+                f"{resume_dir} was written by a different recipe (hash {manifest.get('recipe_hash')}"
+                f" != {recipe.hash()}); set checkpoint.allow_recipe_change=true to resume anyway, "
+                "or checkpoint.resume=never to start over"
+            )
+        acc.load_state(str(resume_dir / "state"))
+        scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", weights_only=False))
+        sampler.load_state_dict(manifest["sampler"])
+        load_rng(resume_dir, rank)
+        step, resumed = int(manifest["step"]), resume_dir
+        metrics.truncate_after(step)
+        if is_main:
+            print(f"[onevision] resumed from {resume_dir} at step {step}", flush=True)
+    elif is_main and recipe.logging.jsonl:
+        metrics.truncate_after(0)
+
+    tracker = None
+    if recipe.logging.tensorboard and is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tracker = SummaryWriter(str(out / "tensorboard"))
+
+    collate = Collator(encoder)
+    progress = Progress(total, step, enabled=is_main and recipe.logging.progress, desc=recipe.name)
+    losses: list[float] = []
+    fallback: dict[str, Any] | None = None
+    model.train()
+    stop_at = total if stop_after is None else min(total, step + stop_after)
+    t_last = time.perf_counter()
+    while step < stop_at:
+        epoch, in_epoch = divmod(step, per_epoch)
+        sampler.set_position(epoch, in_epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=recipe.data.num_workers,
+            persistent_workers=False,
+            prefetch_factor=2 if recipe.data.num_workers else None,
+        )
+        it = iter(loader)
+        while step < stop_at and in_epoch < per_epoch:
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            counts = torch.zeros(4, dtype=torch.float64)  # real tokens, padded tokens, skipped, micro-batches
+            for _ in range(recipe.train.grad_accum):
+                batch = next(it)
+                skipped = batch.pop("skipped", 0)
+                weight = 1.0
+                if batch.pop("empty", False):
+                    if fallback is None:
+                        fallback = _first_good_batch(dataset, sampler, collate)
+                    batch, weight = (
+                        dict(fallback),
+                        0.0,
+                    )  # zero-weight step keeps every rank's collectives in step
+                else:
+                    batch.pop("sample_ids", None)
+                    fallback = fallback or dict(batch)
+                batch = _to_device(batch, acc.device)
+                with acc.accumulate(model):
+                    loss = model(**batch).loss * weight
+                    acc.backward(loss)
+                loss_sum += float(loss.detach())
+                mask = batch["attention_mask"]
+                counts += torch.tensor(
+                    [float(mask.sum()) * weight, float(mask.numel()) * weight, skipped, 1.0],
+                    dtype=torch.float64,
+                )
+            grad_norm = None
+            if is_deepspeed:
+                grad_norm = model.get_global_grad_norm()
+            else:
+                if recipe.optim.max_grad_norm:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            lrs = {name: g["lr"] for name, g in zip(group_names, optimizer.param_groups)}
+            scheduler.step()
+            step += 1
+            in_epoch += 1
+            totals = acc.reduce(torch.cat([loss_sum.view(1), counts]).to(acc.device), reduction="sum").cpu()
+            step_loss = float(totals[0] / totals[4])
+            losses.append(step_loss)
+            now = time.perf_counter()
+            tps = float(totals[1]) / max(now - t_last, 1e-9)
+            t_last = now
+            if is_main and (step % recipe.logging.every_steps == 0 or step == total):
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": step_loss,
+                    "lr": lrs,
+                    "grad_norm": None if grad_norm is None else float(grad_norm),
+                    "tokens": int(totals[1]),
+                    "padding": 1.0 - float(totals[1]) / max(float(totals[2]), 1.0),
+                    "tokens_per_s": tps,
+                    "skipped": int(totals[3]),
+                    "time": time.time(),
+                }
+                metrics.log(record)
+                if tracker is not None:
+                    tracker.add_scalar("train/loss", step_loss, step)
+                    tracker.add_scalar("train/tokens_per_s", tps, step)
+                    for k, v in lrs.items():
+                        tracker.add_scalar(f"lr/{k}", v, step)
+            progress.update(step_loss, lrs, tps)
+            if step % recipe.checkpoint.every_steps == 0 and step < total:
+                _save_checkpoint(ckpt, acc, scheduler, sampler, recipe, step, per_epoch, rank)
+        del it, loader
+    progress.close()
+    if step >= total:
+        _save_final(acc, model, encoder, recipe, out, step, resumed)
+    if tracker is not None:
+        tracker.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(out, step, losses, resumed, stats)
+
+
+def _build_whole_model(recipe: Recipe) -> Any:
+    """Build (or load) the full model on every rank; ZeRO-3 partitions it in ``prepare()``.
+
+    accelerate's ``HfDeepSpeedConfig`` switches transformers to ``deepspeed.zero.Init`` globally (whatever
+    ``zero3_init_flag`` says), under which each rank would draw different random weights and the model's own
+    weight loader would write into empty partitions; the switch is cleared while the model is built.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:  # pragma: no cover
+        return build_model(recipe)
+    ref = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        return build_model(recipe)
+    finally:
+        if ref is not None and ref() is not None:
+            hf_ds.set_hf_deepspeed_config(ref())
+
+
+def _first_good_batch(
+    dataset: TrainDataset, sampler: GroupedBatchSampler, collate: Collator
+) -> dict[str, Any]:
+    for mb in sampler.plan(0)[0]:
+        for i in mb:
+            item = dataset[i]
+            if item is not None:
+                batch = collate([item])
+                batch.pop("skipped", None)
+                batch.pop("sample_ids", None)
+                return batch
+    raise RuntimeError("every sample of the first global batch failed to load; check the media files")
+
+
+def _find_resume(recipe: Recipe, ckpt: CheckpointManager) -> Path | None:
+    mode = recipe.checkpoint.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return ckpt.latest()
+    p = Path(mode)
+    CheckpointManager.read_manifest(p)
+    return p
+
+
+def _save_checkpoint(
+    ckpt: CheckpointManager,
+    acc: Any,
+    scheduler: Any,
+    sampler: GroupedBatchSampler,
+    recipe: Recipe,
+    step: int,
+    per_epoch: int,
+    rank: int,
+) -> Path:
+    import torch
+
+    def write(tmp: Path) -> None:
+        acc.save_state(str(tmp / "state"), safe_serialization=True)
+        if acc.is_main_process:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        save_rng(tmp, rank)
+
+    epoch, in_epoch = divmod(step, per_epoch)
+    manifest = {
+        "sampler": {**sampler.state_dict(), "epoch": epoch, "step": in_epoch},
+        "recipe_hash": recipe.hash(),
+        "recipe": recipe.name,
+        "stage": recipe.stage,
+        "world_size": acc.num_processes,
+        "backend": recipe.engine.backend,
+    }
+    return ckpt.save(step, write, manifest)
+
+
+def _save_final(
+    acc: Any, model: Any, encoder: Any, recipe: Recipe, out: Path, step: int, resumed: Path | None
+) -> None:
+    """A self-contained model directory in ``out`` (weights + config + recipe), ``stage.json`` written last."""
+    state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
+    if acc.is_main_process:
+        tmp = out / ".model.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        save_model(recipe, acc.unwrap_model(model), encoder, tmp, state_dict)
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+        tmp.rmdir()
+        info = {
+            "name": recipe.name,
+            "stage": recipe.stage,
+            "recipe_hash": recipe.hash(),
+            "steps": step,
+            "init_from": recipe.init_from,
+            "resumed_from": str(resumed) if resumed else None,
+            "builder": recipe.model.builder,
+            "time": time.time(),
+        }
+        part = out / f"{STAGE_FILE}.part"
+        part.write_text(json.dumps(info, indent=2))
+        os.replace(part, out / STAGE_FILE)
+    acc.wait_for_everyone()
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("onevision")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[onevision %(levelname)s] %(message)s"))
+        log.addHandler(handler)
+        rank = int(os.environ.get("RANK", "0"))
+        log.setLevel(logging.INFO if rank == 0 else logging.ERROR)

@@ -1,0 +1,224 @@
+"""Launching multi-process runs that really are parallel, also on a CPU-only machine.
+
+Several obvious launch commands silently run without parallelism on CPU (see ``docs/training.md``). This module
+owns the ones that work:
+
+* every backend is started with ``torchrun`` (``python -m torch.distributed.run``) and a free port;
+* ``ddp`` on CPU: ``Accelerator(cpu=True)`` (gloo DDP); ``ACCELERATE_USE_CPU`` is set too;
+* ``zero2``/``zero3``: a programmatic ``DeepSpeedPlugin`` with a fully resolved config and, without CUDA,
+  ``InitProcessGroupKwargs(backend="gloo")``; ``ACCELERATE_USE_CPU`` must **not** be set (DeepSpeed would be
+  silently ignored);
+
+and the engine checks the result (:func:`check_distributed`): the process count equals ``WORLD_SIZE``, the
+distributed type is the expected one, exactly one process is the main process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from onevision.train.recipe import RecipeError
+
+#: Keys a DeepSpeed JSON must not define: the optimizer and the schedule are ours (per-component groups).
+FORBIDDEN_DS_KEYS = ("optimizer", "scheduler")
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_deepspeed_config(path: str | os.PathLike, *, stage: int | None = None) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and refuse what would bypass our optimizer: an ``optimizer`` or ``scheduler`` block,
+    or a ZeRO stage other than ``stage``."""
+    path = str(path)
+    try:
+        config = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecipeError(path, None, "DeepSpeed config not found") from None
+    except json.JSONDecodeError as exc:
+        raise RecipeError(path, None, f"invalid JSON ({exc})") from None
+    for key in FORBIDDEN_DS_KEYS:
+        if key in config:
+            raise RecipeError(
+                path,
+                key,
+                f"the DeepSpeed config defines its own {key}; remove the block: onevision builds the AdamW "
+                "optimizer with one parameter group per component and steps the schedule itself "
+                "(a DeepSpeed optimizer silently ignores the per-component learning rates)",
+            )
+    actual = config.get("zero_optimization", {}).get("stage")
+    if stage is not None and actual != stage:
+        raise RecipeError(
+            path, "zero_optimization.stage", f"expected {stage} for backend zero{stage}, got {actual!r}"
+        )
+    return config
+
+
+def resolve_deepspeed_config(
+    config: Mapping[str, Any],
+    *,
+    micro_batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    precision: str,
+    max_grad_norm: float | None,
+    hidden_size: int | None = None,
+    cuda: bool = False,
+) -> dict[str, Any]:
+    """Replace every ``"auto"`` with a concrete value from the recipe (DeepSpeed on CPU needs integers).
+
+    Bucket sizes follow accelerate's rule from ``hidden_size`` when known.
+    """
+    cfg = copy.deepcopy(dict(config))
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["train_batch_size"] = micro_batch_size * grad_accum * world_size
+    cfg["gradient_clipping"] = float(max_grad_norm) if max_grad_norm else 0.0
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": precision == "bf16"}
+    cfg["fp16"] = {**cfg.get("fp16", {}), "enabled": False}
+    zero = dict(cfg.get("zero_optimization", {}))
+    h2 = hidden_size * hidden_size if hidden_size else None
+    defaults = {
+        "reduce_bucket_size": h2 or 500_000_000,
+        "stage3_prefetch_bucket_size": int(0.9 * h2) if h2 else 500_000_000,
+        "stage3_param_persistence_threshold": 10 * hidden_size if hidden_size else 100_000,
+    }
+    for key, value in list(zero.items()):
+        if value == "auto":
+            zero[key] = defaults.get(key, 500_000_000)
+    if not cuda:
+        zero["overlap_comm"] = False  # no CUDA streams to overlap with
+    cfg["zero_optimization"] = zero
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    leftovers = [k for k, v in _walk(cfg) if v == "auto"]
+    if leftovers:
+        raise RecipeError(
+            "DeepSpeed config", leftovers[0], "cannot resolve this 'auto' value; set it explicitly"
+        )
+    return cfg
+
+
+def _walk(d: Mapping[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            yield from _walk(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def disable_deepspeed_shm_op() -> None:
+    """Skip DeepSpeed's CPU shared-memory all-reduce op (only used for inference all-reduce).
+
+    ``deepspeed.init_distributed`` otherwise JIT-compiles it with g++ (30-70 s, and a hard failure without a C++
+    toolchain). ``import deepspeed.comm.torch`` would bind the torch package, hence ``sys.modules``.
+    """
+    import deepspeed.comm  # noqa: F401  (loads deepspeed.comm.torch)
+
+    module = sys.modules.get("deepspeed.comm.torch")
+    if module is not None and hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda: None
+
+
+def launch_env(
+    backend: str, base: Mapping[str, str] | None = None, *, cuda: bool | None = None
+) -> dict[str, str]:
+    """The environment for the worker processes of ``backend`` (``single``, ``ddp``, ``zero2``, ``zero3``)."""
+    import torch
+
+    env = dict(os.environ if base is None else base)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not cuda:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    if backend in ("zero2", "zero3"):
+        env.pop("ACCELERATE_USE_CPU", None)  # with DeepSpeed it silently disables DeepSpeed
+        env.pop("ACCELERATE_USE_DEEPSPEED", None)
+    elif not cuda:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
+
+
+def torchrun_command(
+    num_processes: int, port: int, args: Sequence[str], *, python: str | None = None
+) -> list[str]:
+    """``python -m torch.distributed.run`` on one machine with ``num_processes`` workers running ``args``."""
+    return [
+        python or sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(num_processes),
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *args,
+    ]
+
+
+def launch_training(
+    recipe_path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    num_processes: int,
+    backend: str,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``onevision train`` in ``num_processes`` worker processes under torchrun; returns the completed process."""
+    args = ["-m", "onevision.train.worker", str(recipe_path), *overrides]
+    cmd = torchrun_command(num_processes, port or free_port(), args)
+    return subprocess.run(cmd, env=launch_env(backend, env), timeout=timeout, check=False)
+
+
+def check_distributed(accelerator: Any, backend: str) -> None:
+    """Fail loudly if the launch silently fell back to fewer processes or no gradient sync."""
+    from accelerate.utils import DistributedType
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    expected = {
+        "single": {DistributedType.NO},
+        "ddp": {DistributedType.MULTI_CPU, DistributedType.MULTI_GPU},
+        "zero2": {DistributedType.DEEPSPEED},
+        "zero3": {DistributedType.DEEPSPEED},
+    }[backend]
+    problems = []
+    if accelerator.num_processes != world:
+        problems.append(f"accelerate sees {accelerator.num_processes} process(es) but WORLD_SIZE={world}")
+    if backend == "ddp" and world == 1:
+        expected = expected | {DistributedType.NO}
+    if accelerator.distributed_type not in expected:
+        problems.append(
+            f"distributed type is {accelerator.distributed_type}, expected one of "
+            f"{sorted(str(e) for e in expected)}"
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = [int(accelerator.is_main_process)]
+        gathered = [None] * world
+        dist.all_gather_object(gathered, flag)
+        if sum(g[0] for g in gathered) != 1:  # type: ignore[index]
+            problems.append(f"{sum(g[0] for g in gathered)} processes claim to be the main process")  # type: ignore[index]
+    if problems:
+        raise RuntimeError(
+            f"backend {backend!r}: the launch is not what it claims: "
+            + "; ".join(problems)
+            + ". Launch with `onevision train RECIPE engine.num_processes=N` (see docs/training.md)."
+        )

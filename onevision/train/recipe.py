@@ -1,0 +1,687 @@
+"""Training recipes: typed schemas, YAML loading with ``extends:``, command-line overrides and validation.
+
+A recipe is a YAML file whose keys mirror :class:`Recipe`. A recipe may ``extends:`` another file (a path relative to
+itself, or to the shipped recipes directory) and override any field; mappings merge key by key, everything else
+(lists included) is replaced. Command-line overrides use dotted keys, ``optim.lr=2e-5``, with YAML values.
+OmegaConf interpolation (``${output_root}/stage1``, ``${oc.env:HOME}``) is resolved before validation.
+
+Every key is checked against the dataclasses below: an unknown or misspelt key raises :class:`RecipeError` naming
+the recipe file that set it, the dotted key and the closest valid name (``difflib``); a value of the wrong type
+names the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Modality = Literal["image", "multi_image", "video", "text"]
+ALL_MODALITIES: tuple[str, ...] = ("image", "multi_image", "video", "text")
+COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "newline")
+_REQUIRED = object()
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid. ``source`` is the file (or ``"command line"``) and ``key`` the dotted field."""
+
+    def __init__(self, source: str | None, key: str | None, message: str):
+        self.source = source
+        self.key = key
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schemas
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and from what. ``builder`` is a registry key (see :mod:`onevision.train.build`)."""
+
+    builder: Literal["onevision"] = "onevision"
+    preset: str | None = None  # a named factory configuration, e.g. "tiny" (random weights, no download)
+    vision_tower: str | None = None  # hub id or local directory of the vision encoder
+    language_model: str | None = None  # hub id or local directory of the LLM
+    projector: str = "mlp2x_gelu"
+    vision_select_layer: int = -2
+    template: Literal["plain", "qwen_1_5", "vicuna_v1", "llama_3"] = "qwen_1_5"
+    attn_implementation: str = "sdpa"
+    options: dict[str, Any] = field(default_factory=dict)  # forwarded verbatim to the model builder
+
+
+@dataclass
+class ImagePolicy:
+    """An ``anyres`` strategy by registry name plus its parameters (``anyres.get_strategy(strategy, **params)``)."""
+
+    strategy: str = "anyres_max_9"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VideoPolicy:
+    """Frame sampling (reference §6.1) and the per-frame token layout (§2.8)."""
+
+    frames_upbound: int = 32  # at most this many frames; 0 = no cap
+    video_fps: float = 1.0  # sample about this many frames per second before the cap
+    force_sample: bool = False  # always take exactly frames_upbound uniform frames
+    pool_mode: Literal["bilinear", "average", "max"] = "bilinear"
+    pool_stride: int = 2
+    newline_position: Literal["one_token", "grid", "frame", "no_token"] | None = (
+        None  # required if video is used
+    )
+
+
+@dataclass
+class VisualPolicy:
+    """Per-modality visual representation. ``tile_size``/``patch_size`` describe the encoder for every modality."""
+
+    tile_size: int = 384
+    patch_size: int = 14
+    image: ImagePolicy = field(default_factory=ImagePolicy)
+    multi_image: ImagePolicy = field(default_factory=lambda: ImagePolicy(strategy="pad"))
+    video: VideoPolicy = field(default_factory=VideoPolicy)
+
+
+@dataclass
+class ComponentConfig:
+    """One trainable component: ``frozen`` or ``full``, its learning rate and weight decay.
+
+    The learning rate is ``lr`` if set, else ``optim.lr * lr_scale``.
+    """
+
+    trainable: Literal["frozen", "full"] = "frozen"
+    lr: float | None = None
+    lr_scale: float = 1.0
+    weight_decay: float | None = None  # default: optim.weight_decay
+
+
+@dataclass
+class ComponentsConfig:
+    """What each stage trains. ``newline`` is ``image_newline`` (the reference trains it with the LLM, at its LR)."""
+
+    vision: ComponentConfig = field(default_factory=lambda: ComponentConfig(lr_scale=0.2))
+    projector: ComponentConfig = field(default_factory=lambda: ComponentConfig(trainable="full"))
+    llm: ComponentConfig = field(default_factory=ComponentConfig)
+    newline: ComponentConfig = field(default_factory=ComponentConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (stepped once per optimizer step, by the trainer)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    warmup_steps: int | None = None  # overrides warmup_ratio when set
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Batch geometry, length of the run, precision."""
+
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; None = epochs over the data
+    micro_batch_size: int = 1  # per process
+    grad_accum: int = 1
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class EngineConfig:
+    """How the run is distributed. ``deepspeed_config`` is resolved against the recipe file, then ``recipes/``."""
+
+    backend: Literal["single", "ddp", "zero2", "zero3"] = "single"
+    num_processes: int = 1
+    deepspeed_config: str | None = None  # default: deepspeed/zero2.json or deepspeed/zero3.json
+    deepspeed_shm_op: bool = (
+        False  # build DeepSpeed's CPU shm all-reduce op (inference only; 30-70 s compile)
+    )
+    timeout_s: int = 1800  # collective / save timeout
+    find_unused_parameters: bool = False  # DDP only: tolerate trainable parameters that get no gradient
+
+
+@dataclass
+class SyntheticData:
+    """Generate a small random dataset at ``data.path`` before training (tests, demos, tiny recipes)."""
+
+    num_samples: int = 48
+    seed: int = 0
+    image_sizes: list[list[int]] = field(default_factory=lambda: [[48, 64], [64, 64], [80, 40], [96, 128]])
+    video_frames: int = 12
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is selected, measured, grouped and loaded."""
+
+    path: str = ""  # LLaVA .json/.jsonl or a OneVision mixture .yaml (required unless synthetic)
+    image_root: str | None = None
+    video_root: str | None = None
+    modalities: list[Modality] = field(default_factory=lambda: list(ALL_MODALITIES))
+    model_max_length: int = 32768
+    over_length: Literal["drop", "cap", "error"] = "drop"  # cap = cut trailing text, never a visual span
+    strict: bool = False  # a bad or missing media file is fatal instead of a counted, logged skip
+    label_mask: Literal["assistant_only", "llava_next"] = "assistant_only"
+    group_by: Literal["modality_length", "length", "none"] = "modality_length"
+    lookahead: int = 16  # length grouping sorts windows of lookahead global batches
+    drop_last: bool = True
+    num_workers: int = 2
+    synthetic: SyntheticData | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable checkpoints: atomic, every N optimizer steps, keeping the last K."""
+
+    every_steps: int = 500
+    keep_last: int = 2
+    resume: str = "auto"  # auto | never | <checkpoint directory>
+    allow_recipe_change: bool = False  # resume even if the recipe hash differs
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 1
+    progress: bool = True
+    jsonl: bool = True  # <output_dir>/metrics.jsonl
+    tensorboard: bool = False  # needs the tensorboard package
+
+
+@dataclass
+class Recipe:
+    """A complete training stage."""
+
+    name: str = ""
+    description: str = ""
+    stage: str = ""
+    seed: int = 42
+    output_dir: str = ""
+    init_from: str | None = None  # the previous stage's output directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    visual: VisualPolicy = field(default_factory=VisualPolicy)
+    components: ComponentsConfig = field(default_factory=ComponentsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: where the recipe came from (not a YAML key)
+    source: str = field(default="", metadata={"internal": True})
+
+    # -- derived --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what ``--dry-run`` prints and checkpoints record)."""
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+
+    def hash(
+        self, *, ignore: Sequence[str] = ("checkpoint", "logging", "output_dir", "description", "engine")
+    ) -> str:
+        """A short hash of the fields that define the training trajectory (resume refuses a mismatch).
+
+        The engine is excluded on purpose: the same recipe may resume under another number of processes.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        d.get("train", {}).pop("max_steps", None)
+        d.get("data", {}).pop("num_workers", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.train.micro_batch_size * self.train.grad_accum * self.engine.num_processes
+
+    def image_strategy(self, modality: str = "image"):
+        """The ``anyres`` strategy for ``image`` or ``multi_image`` (built from the typed policy)."""
+        import anyres
+
+        policy = self.visual.image if modality == "image" else self.visual.multi_image
+        params = {"tile_size": self.visual.tile_size, "patch_size": self.visual.patch_size, **policy.params}
+        return anyres.get_strategy(policy.strategy, **params)
+
+    def component(self, name: str) -> ComponentConfig:
+        return getattr(self.components, name)
+
+    def component_lr(self, name: str) -> float:
+        c = self.component(name)
+        return c.lr if c.lr is not None else self.optim.lr * c.lr_scale
+
+    def deepspeed_config_path(self) -> Path | None:
+        """The DeepSpeed JSON for ``zero2``/``zero3`` (shipped default if unset); ``None`` for other backends."""
+        if self.engine.backend not in ("zero2", "zero3"):
+            return None
+        name = self.engine.deepspeed_config or f"deepspeed/{self.engine.backend}.json"
+        return _resolve_relative(name, self.source, "engine.deepspeed_config")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locating shipped recipes
+
+
+def recipes_root() -> Path:
+    """The shipped recipes: ``onevision/_recipes`` in a wheel, else the repository's ``recipes/``."""
+    import onevision
+
+    packaged = Path(onevision.__file__).parent / "_recipes"
+    if packaged.is_dir():
+        return packaged
+    return Path(onevision.__file__).resolve().parent.parent / "recipes"
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """``(name, description)`` of every shipped recipe, ``name`` being its path under :func:`recipes_root`
+    without ``.yaml`` (what ``onevision train NAME`` accepts). Files under ``_base``/``deepspeed`` are skipped."""
+    root = recipes_root()
+    out = []
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("deepspeed", "data") or any(p.startswith("_") for p in rel.parts):
+            continue
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raw = {}
+        out.append((rel.with_suffix("").as_posix(), str(raw.get("description", "")).strip()))
+    return out
+
+
+def find_recipe(name: str | os.PathLike) -> Path:
+    """A recipe file from a path, or a shipped recipe name (``onevision/qwen2_0.5b/stage1``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    root = recipes_root()
+    for cand in (root / path, root / f"{path}.yaml", root / path.with_suffix(".yaml")):
+        if cand.is_file():
+            return cand
+    names = [n for n, _ in list_recipes()]
+    close = difflib.get_close_matches(str(name).removesuffix(".yaml"), names, n=3, cutoff=0.4)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else "; run `onevision recipes` to list shipped recipes"
+    )
+    raise FileNotFoundError(f"recipe {str(name)!r} not found (not a file, not under {root}){hint}")
+
+
+def _resolve_relative(name: str, source: str, key: str) -> Path:
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = ([Path(source).parent / p] if source and source != "command line" else []) + [
+            recipes_root() / p,
+            Path.cwd() / p,
+        ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise RecipeError(
+        source or None, key, f"file {name!r} not found (looked in {', '.join(map(str, candidates))})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading, merging, overrides
+
+
+def load_recipe(
+    path: str | os.PathLike, overrides: Sequence[str] = (), *, extra: Mapping[str, Any] | None = None
+) -> Recipe:
+    """Load, compose (``extends:``), override, resolve and validate a recipe.
+
+    ``overrides`` are ``key.sub=value`` strings (YAML values); ``extra`` is a nested mapping merged last (tests).
+    """
+    file = find_recipe(path)
+    data, origins = _load_with_extends(file.resolve(), chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, origins, key, value, "command line")
+    if extra:
+        _merge(data, origins, dict(extra), "code", prefix="")
+    data = _interpolate(data, str(file))
+    recipe = _build(Recipe, data, origins, prefix="")
+    recipe.source = str(file)
+    validate(recipe, origins)
+    return recipe
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=2e-5"`` -> ``("optim.lr", "2e-5")``; the value is parsed as YAML (lists, null, numbers)."""
+    if "=" not in item:
+        raise RecipeError("command line", item, "an override must look like key.sub=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError("command line", item, "an override must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError("command line", key, f"cannot parse value {raw!r} as YAML ({exc})") from None
+    return key, value
+
+
+def _load_with_extends(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    if file in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, file))
+        raise RecipeError(str(file), "extends", f"circular extends: {cycle}")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(str(file), None, f"invalid YAML ({exc})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(str(file), None, f"a recipe must be a mapping, got {type(raw).__name__}")
+    parents = raw.pop("extends", None)
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if parents:
+        for parent in [parents] if isinstance(parents, str) else parents:
+            parent_file = _resolve_relative(str(parent), str(file), "extends").resolve()
+            pdata, porigins = _load_with_extends(parent_file, (*chain, file))
+            _merge(data, origins, pdata, None, prefix="", origin_map=porigins)
+    _merge(data, origins, raw, str(file), prefix="")
+    return data, origins
+
+
+def _merge(
+    dst: dict[str, Any],
+    origins: dict[str, str],
+    src: Mapping[str, Any],
+    source: str | None,
+    *,
+    prefix: str,
+    origin_map: Mapping[str, str] | None = None,
+) -> None:
+    for key, value in src.items():
+        key = str(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and not _is_free_form(dotted):
+            _merge(dst[key], origins, value, source, prefix=f"{dotted}.", origin_map=origin_map)
+            continue
+        dst[key] = _copy(value)
+        for k in [k for k in origins if k == dotted or k.startswith(f"{dotted}.")]:
+            del origins[k]
+        if origin_map is not None:
+            for k, v in origin_map.items():
+                if k == dotted or k.startswith(f"{dotted}."):
+                    origins[k] = v
+        else:
+            origins[dotted] = source or "?"
+
+
+def _is_free_form(dotted: str) -> bool:
+    """Free-form mappings (replaced, not merged, so a child can drop a parent's parameter)."""
+    return dotted.endswith(".params") and dotted.startswith("visual.")
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _set_dotted(data: dict[str, Any], origins: dict[str, str], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = _copy(value)
+    for k in [k for k in origins if k == key or k.startswith(f"{key}.")]:
+        del origins[k]
+    origins[key] = source
+
+
+def _interpolate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    text = json.dumps(data)
+    if "${" not in text:
+        return data
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise RecipeError(
+            source, getattr(exc, "full_key", None), f"cannot resolve interpolation ({exc})"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dict -> dataclass with typed errors
+
+
+def _origin(origins: Mapping[str, str], key: str) -> str | None:
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        src = origins.get(".".join(parts[:i]))
+        if src:
+            return src
+    return None
+
+
+def _build(cls: type, data: Any, origins: Mapping[str, str], prefix: str) -> Any:
+    where = prefix.rstrip(".") or None
+    if not isinstance(data, Mapping):
+        raise RecipeError(_origin(origins, where or ""), where, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            hint = (
+                f"; did you mean {prefix}{close[0]!s}?"
+                if close
+                else f"; valid keys here: {', '.join(fields)}"
+            )
+            raise RecipeError(_origin(origins, dotted), dotted, f"unknown key{hint}")
+        kwargs[key] = _convert(hints[key], value, origins, dotted)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, origins: Mapping[str, str], key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> RecipeError:
+        return RecipeError(_origin(origins, key), key, f"expected {expected}, got {value!r}")
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, origins, key)
+            except RecipeError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else fail(_describe(tp))
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(_origin(origins, key), key, f"must be one of {list(args)}, got {value!r}{hint}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            raise fail(f"a mapping for {tp.__name__}")
+        return _build(tp, value, origins, f"{key}.")
+    if tp is Any:
+        return value
+    if origin in (list, Sequence) or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        inner = args[0] if args else Any
+        return [_convert(inner, v, origins, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise fail("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail("a string")
+    raise fail(_describe(tp))  # pragma: no cover - schema uses only the types above
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cross-field validation
+
+
+def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
+    """Semantic checks that a schema cannot express (raise :class:`RecipeError` naming file and field)."""
+    origins = origins or {}
+
+    def err(key: str, msg: str) -> RecipeError:
+        return RecipeError(_origin(origins, key) or recipe.source or None, key, msg)
+
+    import anyres
+
+    if not recipe.name:
+        raise err("name", "every recipe needs a name")
+    if not recipe.output_dir:
+        raise err("output_dir", "set an output directory (e.g. output_dir=runs/my-stage)")
+    if not recipe.data.path and recipe.data.synthetic is None:
+        raise err("data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml")
+    for mod in ("image", "multi_image"):
+        try:
+            recipe.image_strategy(mod)
+        except (anyres.GeometryError, ValueError, TypeError) as exc:
+            raise err(f"visual.{mod}", f"invalid strategy: {exc}") from None
+    v = recipe.visual.video
+    if "video" in recipe.data.modalities:
+        if v.newline_position is None:
+            raise err(
+                "visual.video.newline_position",
+                "required when data.modalities includes video "
+                "(OneVision: one_token; LLaVA-Video: grid); there is no silent default",
+            )
+        if v.frames_upbound < 0 or v.pool_stride < 1 or v.video_fps <= 0:
+            raise err("visual.video", "frames_upbound must be >= 0, pool_stride >= 1 and video_fps > 0")
+        if v.force_sample and v.frames_upbound < 1:
+            raise err("visual.video.force_sample", "force_sample needs frames_upbound >= 1")
+    if not recipe.data.modalities:
+        raise err("data.modalities", "list at least one modality")
+    positives = {
+        "train.micro_batch_size": recipe.train.micro_batch_size,
+        "train.grad_accum": recipe.train.grad_accum,
+        "train.epochs": recipe.train.epochs,
+        "engine.num_processes": recipe.engine.num_processes,
+        "data.model_max_length": recipe.data.model_max_length,
+        "data.lookahead": recipe.data.lookahead,
+        "checkpoint.every_steps": recipe.checkpoint.every_steps,
+        "checkpoint.keep_last": recipe.checkpoint.keep_last,
+        "logging.every_steps": recipe.logging.every_steps,
+    }
+    for key, value in positives.items():
+        if value < 1:
+            raise err(key, f"must be >= 1, got {value}")
+    if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
+        raise err("train.max_steps", "must be >= 1 (or null for whole epochs)")
+    if recipe.data.num_workers < 0:
+        raise err("data.num_workers", "must be >= 0")
+    o = recipe.optim
+    if o.lr <= 0:
+        raise err("optim.lr", f"must be > 0, got {o.lr}")
+    if not 0 <= o.warmup_ratio < 1:
+        raise err("optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise err("optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise err("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    trainable = [n for n in COMPONENTS if recipe.component(n).trainable != "frozen"]
+    if not trainable:
+        raise err(
+            "components",
+            "nothing is trainable; set components.<name>.trainable: full for at least one of "
+            + ", ".join(COMPONENTS),
+        )
+    for name in COMPONENTS:
+        c = recipe.component(name)
+        if c.lr is not None and c.lr <= 0:
+            raise err(f"components.{name}.lr", f"must be > 0, got {c.lr}")
+        if c.lr_scale <= 0:
+            raise err(f"components.{name}.lr_scale", f"must be > 0, got {c.lr_scale}")
+    e = recipe.engine
+    if e.backend == "single" and e.num_processes != 1:
+        raise err(
+            "engine.num_processes", "backend 'single' runs one process; use ddp, zero2 or zero3 for more"
+        )
+    if e.backend in ("zero2", "zero3"):
+        from onevision.train.launch import load_deepspeed_config
+
+        path = recipe.deepspeed_config_path()
+        load_deepspeed_config(path, stage=int(e.backend[-1]))
+    elif e.deepspeed_config is not None:
+        raise err("engine.deepspeed_config", f"only used with backend zero2/zero3 (backend is {e.backend!r})")
+    if recipe.model.builder == "onevision" and not (
+        recipe.model.preset or recipe.init_from or (recipe.model.vision_tower and recipe.model.language_model)
+    ):
+        raise err(
+            "model",
+            "say where the model comes from: model.preset, init_from, or both model.vision_tower "
+            "and model.language_model",
+        )
