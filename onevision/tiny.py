@@ -13,6 +13,7 @@ LLaMA-3 special tokens, ``<image>``, ``<video>`` and a pad token. Nothing is dow
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
@@ -189,8 +190,30 @@ def _corpus() -> list[str]:
     return lines
 
 
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int = 512, *, media_tokens: bool = True, model_max_length: int = 8192
+) -> Any:
+    """Train a byte-level BPE ``PreTrainedTokenizerFast`` on ``texts``, offline and deterministically.
+
+    It has the ChatML, Vicuna and LLaMA-3 special tokens and, unless ``media_tokens=False``, atomic ``<image>`` /
+    ``<video>``; EOS is ``<|im_end|>`` and the pad token ``<|endoftext|>``, like Qwen-2 instruct models.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [t for t in TINY_SPECIAL_TOKENS if media_tokens or t not in ("<image>", "<video>")]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(tuple(texts), vocab_size, tuple(specials))),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t in specials if t not in ("<|endoftext|>", "<|im_end|>")],
+    )
+    tok.model_max_length = model_max_length
+    return tok
+
+
 @functools.lru_cache(maxsize=4)
-def _tokenizer_json(vocab_size: int, media_tokens: bool) -> str:
+def _tokenizer_json(texts: tuple[str, ...], vocab_size: int, specials: tuple[str, ...]) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -199,34 +222,20 @@ def _tokenizer_json(vocab_size: int, media_tokens: bool) -> str:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[t for t in TINY_SPECIAL_TOKENS if media_tokens or t not in ("<image>", "<video>")],
+        special_tokens=list(specials),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(list(texts), trainer)
     return tok.to_str()
 
 
 def tiny_tokenizer(vocab_size: int = 512, *, media_tokens: bool = True) -> Any:
-    """A fresh byte-level BPE ``PreTrainedTokenizerFast`` (deterministic; ``<image>``/``<video>`` are atomic).
+    """The tiny models' tokenizer: :func:`train_tokenizer` on a fixed small English corpus.
 
-    EOS is ``<|im_end|>`` and the pad token ``<|endoftext|>``, like Qwen-2 instruct models. With
-    ``media_tokens=False`` the vocabulary has no ``<image>`` / ``<video>`` (like an original LLaVA-NeXT tokenizer).
+    With ``media_tokens=False`` the vocabulary has no ``<image>`` / ``<video>`` (like an original LLaVA-NeXT
+    tokenizer).
     """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size, media_tokens)),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=[
-            t
-            for t in TINY_SPECIAL_TOKENS
-            if t not in ("<|endoftext|>", "<|im_end|>") and (media_tokens or t not in ("<image>", "<video>"))
-        ],
-    )
-    tok.model_max_length = 8192
-    return tok
+    return train_tokenizer(_corpus(), vocab_size, media_tokens=media_tokens)
 
 
 def tiny_config(
