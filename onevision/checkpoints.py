@@ -325,44 +325,74 @@ def load_weights(model: Any, state: dict[str, Any], source: str, *, drop: Iterab
 # Native
 
 
-def native_config(pipe: Any) -> OneVisionConfig:
-    """The config a native checkpoint stores: offline-rebuildable components, resolved policy, token ids."""
+def native_model_config(model: Any) -> OneVisionConfig:
+    """The config a native model directory stores: offline-rebuildable components, the model's policy and ids."""
     from onevision.llm import export_llm_config
 
-    model = pipe.model
-    processor = dataclasses.replace(pipe.processor.config, max_length=pipe.processor.max_length)
     return dataclasses.replace(
         model.config,
         vision=model.vision_tower.export_config(),
         llm=export_llm_config(model.language_model, model.config.llm),
+    )
+
+
+def native_config(pipe: Any) -> OneVisionConfig:
+    """The config a native checkpoint stores: :func:`native_model_config` with the processor's resolved policy
+    (incl. its length budget) and token ids."""
+    processor = dataclasses.replace(pipe.processor.config, max_length=pipe.processor.max_length)
+    return dataclasses.replace(
+        native_model_config(pipe.model),
         processor=processor,
         image_token_id=pipe.processor.image_token_id,
         video_token_id=pipe.processor.video_token_id,
     )
 
 
-def native_state_dict(model: Any) -> dict[str, Any]:
-    """The model's tensors without duplicates (a tied LM head is stored once, as the input embeddings)."""
-    state = model.state_dict()
+def native_state_dict(model: Any, state_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's tensors (or ``state_dict``, e.g. gathered from ZeRO-3 shards) without duplicates: a tied LM
+    head is stored once, as the input embeddings."""
+    state = dict(model.state_dict() if state_dict is None else state_dict)
     lm = model.language_model
     if getattr(lm.config, "tie_word_embeddings", False):
         state.pop("language_model.lm_head.weight", None)
     return state
 
 
-def save_native(pipe: Any, directory: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and the tokenizer."""
+def save_native_model(
+    model: Any,
+    directory: str | Path,
+    *,
+    config: OneVisionConfig | None = None,
+    state_dict: dict[str, Any] | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Write ``config.json`` (default :func:`native_model_config`) and ``model.safetensors`` (no tokenizer)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    config = native_config(pipe)
+    config = native_model_config(model) if config is None else config
     write_state_dict(
-        native_state_dict(pipe.model),
+        native_state_dict(model, state_dict),
         d,
         max_shard_bytes=max_shard_bytes,
         metadata={"onevision_format_version": "1"},
     )
-    pipe.processor.tokenizer.save_pretrained(str(d))
     config.save(d / "config.json")
+    return d
+
+
+def save_native(
+    pipe: Any,
+    directory: str | Path,
+    *,
+    max_shard_bytes: int = 5 * 2**30,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer (``config.json`` last)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    config = native_config(pipe)
+    pipe.processor.tokenizer.save_pretrained(str(d))
+    save_native_model(pipe.model, d, config=config, state_dict=state_dict, max_shard_bytes=max_shard_bytes)
     return d
 
 
@@ -380,6 +410,34 @@ def load_native(directory: str | Path, *, dtype: Any = None):
             f"config's {config.image_token_id}"
         )
     return pipe
+
+
+def load_native_model(directory: str | Path, *, dtype: Any = None, model_cls: Any = None) -> Any:
+    """The :class:`~onevision.model.OneVisionModel` of a native directory (a :func:`save_native_model` or a whole
+    :func:`save_native` checkpoint), rebuilt offline from its config; weights are loaded strictly. No tokenizer
+    is read: the stored LLM config already has the final vocabulary size."""
+    import torch
+
+    from onevision.model import OneVisionModel
+
+    model_cls = OneVisionModel if model_cls is None else model_cls
+    d = Path(directory)
+    fmt = detect_format(d)
+    if fmt != "onevision":
+        raise CheckpointError(
+            f"{d}: a {fmt} checkpoint; OneVisionModel.from_pretrained reads native onevision directories "
+            "(use onevision.load for the other formats)"
+        )
+    config = OneVisionConfig.from_dict(_read_config(d))
+    state = read_state_dict(d)
+    if dtype is None:
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    with _fast_init():
+        model = model_cls(config)
+    model.to(dtype=dtype)
+    load_weights(model, state, str(d))
+    model.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------

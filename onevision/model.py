@@ -8,7 +8,9 @@ video and text-only samples: every tile and frame of the batch goes through the 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +55,28 @@ class OneVisionModel(nn.Module):
     def from_config(cls, config: OneVisionConfig) -> OneVisionModel:
         """Build the components the config names (pretrained component weights when ``pretrained`` is set)."""
         return cls(config)
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        max_shard_bytes: int = 5 * 2**30,
+    ) -> Path:
+        """Write the model alone as a native directory: ``config.json`` + ``model.safetensors`` (sharded when
+        large). The tokenizer/processor are not written; :meth:`onevision.pipeline.Pipeline.save` writes both.
+        ``state_dict`` replaces the module's own tensors (e.g. a full state gathered from ZeRO-3 shards)."""
+        from onevision.checkpoints import save_native_model
+
+        return save_native_model(self, directory, state_dict=state_dict, max_shard_bytes=max_shard_bytes)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *, dtype: Any = None) -> OneVisionModel:
+        """Load a native directory written by :meth:`save_pretrained` (or a whole native checkpoint), offline, in
+        eval mode; ``dtype`` defaults to the stored one. Use :func:`onevision.load` for HF/original formats."""
+        from onevision.checkpoints import load_native_model
+
+        return load_native_model(directory, dtype=dtype, model_cls=cls)
 
     @property
     def image_token_id(self) -> int:
@@ -171,6 +195,10 @@ class OneVisionModel(nn.Module):
         )
         newline = self.image_newline.to(features.dtype)
         direct = not torch.is_grad_enabled()  # inference: pack straight into inputs_embeds (no extra copy)
+        if not direct and embeds.is_leaf and embeds.requires_grad:
+            # frozen embeddings + transformers' input-require-grads hook (installed by gradient checkpointing):
+            # the lookup is a leaf that requires grad, which autograd forbids writing into; splice into a copy
+            embeds = embeds.clone()
         for (rows, cols), feats_list, layouts, packer in (
             (spans[0], per_image, image_layouts, self._pack_image),
             (spans[1], per_video, video_layouts, self._pack_video),

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onevision.train.data import IMAGE_PLACEHOLDER, DataError, Measure, Media, MediaError, Sample
+from onevision.train.data import (
+    IMAGE_PLACEHOLDER,
+    DataError,
+    Measure,
+    Media,
+    MediaError,
+    Sample,
+    video_sampling,
+)
 from onevision.train.recipe import Recipe, RecipeError
 
 #: model -> its processor (the model object is what accelerate wraps; the processor travels beside it)
@@ -22,9 +30,7 @@ _PROCESSORS: dict[int, Any] = {}
 def processor_config(recipe: Recipe, base: Any) -> Any:
     """The recipe's visual policy as a ``ProcessorConfig`` (other fields kept from ``base``)."""
     v = recipe.visual.video
-    sampling: dict[str, Any] = {"fps": v.video_fps, "force_sample": v.force_sample}
-    if v.frames_upbound:
-        sampling["max_frames"] = v.frames_upbound
+    sampling = video_sampling(v).to_dict()  # the data layer's spec: planning, loading and the model agree
     video = {"mode": v.pool_mode, "stride": v.pool_stride, "newline": v.newline_position or "one_token"}
     return dataclasses.replace(
         base,
@@ -91,24 +97,11 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
         )
     cfg = resolve_processor_config(processor_config(recipe, pipe.processor.config), info)
     processor = OneVisionProcessor(pipe.processor.tokenizer, cfg, max_length=recipe.data.model_max_length)
-    processor.policy = _fps_safe_policy(processor.policy)
     model.config = dataclasses.replace(model.config, processor=processor.config)
     model._pooling = None  # rebuilt from the new policy
     model.train()
     _PROCESSORS[id(model)] = processor
     return model
-
-
-def _fps_safe_policy(policy: Any) -> Any:
-    """Work around ``ModalityPolicy.frame_sampling(num_frames=None)`` dropping ``fps`` (the processor always passes
-    ``num_frames``, often ``None``), which breaks fps-based sampling (the OneVision rule: 1 fps, at most 32)."""
-    base = type(policy)
-
-    class _Policy(base):  # type: ignore[misc, valid-type]
-        def frame_sampling(self, **overrides: Any) -> Any:
-            return base.frame_sampling(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    return _Policy(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
 
 
 def build_onevision_encoder(recipe: Recipe, model: Any) -> ProcessorEncoder:
@@ -123,28 +116,16 @@ def build_onevision_encoder(recipe: Recipe, model: Any) -> ProcessorEncoder:
 def save_onevision(
     model: Any, encoder: ProcessorEncoder, directory: Path, state_dict: dict[str, Any] | None
 ) -> None:
-    """A native onevision checkpoint (``onevision.load``-able): config, weights, tokenizer."""
-    from onevision.checkpoints import native_config, write_state_dict
+    """A native onevision checkpoint (``onevision.load``-able): the model's weights and config (the same writer as
+    ``OneVisionModel.save_pretrained``), with the training processor's policy and its tokenizer."""
+    from onevision.checkpoints import save_native
     from onevision.pipeline import Pipeline
 
-    pipe = Pipeline(model, encoder.processor)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = dict(state_dict if state_dict is not None else model.state_dict())
-    if getattr(model.language_model.config, "tie_word_embeddings", False):
-        state.pop("language_model.lm_head.weight", None)
-    write_state_dict(
-        {k: v.detach().cpu().contiguous() for k, v in state.items()},
-        directory,
-        metadata={"onevision_format_version": "1"},
-    )
-    encoder.processor.tokenizer.save_pretrained(str(directory))
-    native_config(pipe).save(directory / "config.json")
+    save_native(Pipeline(model, encoder.processor), directory, state_dict=state_dict)
 
 
 class ProcessorEncoder:
     """``SampleEncoder`` over ``OneVisionProcessor``: counts from headers, encodes with ``build_sample``."""
-
-    loads_video = True  # the processor samples and decodes videos itself (one frame-sampling spec)
 
     def __init__(self, processor: Any, recipe: Recipe):
         self.processor = processor
@@ -183,22 +164,24 @@ class ProcessorEncoder:
         return Measure(count.total, count.total - n_tail)
 
     def encode(self, sample: Sample, media: Media) -> dict[str, Any]:
+        """Encode with the media the dataset decoded (a video arrives as the ``video.Clip`` of the recipe's spec,
+        so the frames are exactly the ones planned; a bare path is still sampled by the processor, same spec)."""
         import anyres
+        import video
 
+        clip = media.video if media.video is not None else sample.video
         try:
             item = self.processor.build_sample(
                 self._conversation(sample),
                 images=list(media.images) or None,
-                videos=[sample.video] if sample.video else None,
+                videos=[clip] if clip is not None else None,
                 label_mask=self.recipe.data.label_mask,
                 check_length=False,
             )
-        except anyres.ImageError as exc:
+        except (anyres.ImageError, video.VideoError) as exc:
+            if isinstance(exc, video.BackendUnavailableError):
+                raise
             raise MediaError(str(exc)) from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("video"):
-                raise MediaError(str(exc)) from None
-            raise
         return dict(item)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -70,16 +70,9 @@ def build_encoder(recipe: Recipe, model: Any = None) -> Any:
 
 
 def enable_gradient_checkpointing(recipe: Recipe, model: Any) -> None:
-    """Activation checkpointing through the model's own switch.
-
-    For the onevision model the transformers input-require-grads hook is removed afterwards: it is only needed by
-    reentrant checkpointing (``OneVisionModel`` uses non-reentrant) and it turns the token embeddings into a leaf
-    that requires grad, which breaks the in-place splice of visual features when the LLM is frozen (stage 1).
-    """
+    """Activation checkpointing through the model's own switch (``OneVisionModel`` copes with transformers'
+    input-require-grads hook itself, also with a frozen LLM)."""
     model.gradient_checkpointing_enable()
-    lm = getattr(model, "language_model", None)
-    if recipe.model.builder == "onevision" and hasattr(lm, "disable_input_require_grads"):
-        lm.disable_input_require_grads()
 
 
 def save_model(

@@ -37,6 +37,7 @@ from onevision.train.recipe import Recipe, VideoPolicy
 
 if TYPE_CHECKING:
     import anyres
+    import video
 
 logger = logging.getLogger("onevision.train")
 
@@ -126,20 +127,12 @@ class DataStats:
 
 
 @dataclass(frozen=True)
-class VideoFrames:
-    """Decoded frames ``[F, H, W, 3]`` uint8, their times in seconds, and the video duration."""
-
-    frames: np.ndarray
-    times: tuple[float, ...]
-    duration: float
-
-
-@dataclass(frozen=True)
 class Media:
-    """Decoded media of one sample: PIL images (in placeholder order) and/or one video."""
+    """Decoded media of one sample: PIL images (in placeholder order) and/or one ``video.Clip`` (frames
+    ``[T, H, W, 3]`` uint8 with their indices and timestamps, as the recipe's sampling spec chose them)."""
 
     images: tuple[Any, ...] = ()
-    video: VideoFrames | None = None
+    video: video.Clip | None = None
 
 
 class SampleEncoder(Protocol):
@@ -350,16 +343,19 @@ def _single_placeholder_first(turns: list[Turn], source: str) -> list[Turn]:
 # Geometry: exact visual token counts without decoding pixels
 
 
-def video_frame_indices(total_frames: int, fps: float, policy: VideoPolicy) -> list[int]:
-    """Frame indices per the reference rule (§6.1): one frame every ``round(fps / video_fps)`` (at least 1), then
-    ``frames_upbound`` uniform frames (``linspace``, both ends) if that gives more, or always with ``force_sample``."""
-    if total_frames < 1:
-        return []
-    step = max(1, round(fps / policy.video_fps)) if fps > 0 else 1
-    idx = list(range(0, total_frames, step))
-    if policy.frames_upbound > 0 and (len(idx) > policy.frames_upbound or policy.force_sample):
-        idx = np.linspace(0, total_frames - 1, policy.frames_upbound, dtype=int).tolist()
-    return idx
+def video_sampling(policy: VideoPolicy) -> video.Sampling:
+    """The recipe's frame rule (reference §6.1) as a ``video.Sampling``: one frame every
+    ``round(avg_fps / video_fps)`` (at least 1), then ``frames_upbound`` uniform frames (``linspace``, both ends) if
+    that gives more, or always with ``force_sample``; ``frames_upbound: 0`` means no cap. The model's processor
+    gets the same spec (:func:`onevision.train.adapters.processor_config`), so planning, loading and inference
+    pick identical frames."""
+    import video
+
+    return video.Sampling(
+        fps=policy.video_fps,
+        max_frames=policy.frames_upbound or None,
+        force_sample=policy.force_sample,
+    )
 
 
 def video_tokens(num_frames: int, policy: VideoPolicy, tile_size: int, patch_size: int) -> int:
@@ -383,53 +379,49 @@ def video_tokens(num_frames: int, policy: VideoPolicy, tile_size: int, patch_siz
     )
 
 
-def probe_video(path: str) -> tuple[int, float]:
-    """``(total_frames, fps)`` from the container header (PyAV); counts packets if the header has no frame count."""
-    import av
+def _media_error(exc: ValueError) -> MediaError:
+    """A ``video.VideoError`` (its message names the file and ends with its ``reason``) as the trainer's
+    skip-and-count :class:`MediaError`; a missing decoder backend is a setup problem and is re-raised as is."""
+    import video
+
+    if isinstance(exc, video.BackendUnavailableError):
+        raise exc
+    return MediaError(str(exc))
+
+
+def video_frame_count(path: str, policy: VideoPolicy) -> int:
+    """Frames the recipe's spec takes from ``path``, from the container header (``video.probe``, no decoding)."""
+    import video
 
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            total = int(stream.frames or 0)
-            if total <= 0:
-                total = sum(1 for pkt in container.demux(stream) if pkt.size)
-    except MediaError:
-        raise
-    except (OSError, av.FFmpegError, ValueError) as exc:
-        raise MediaError(f"{path}: cannot read video ({exc})") from None
-    if total <= 0:
-        raise MediaError(f"{path}: the video has no frames")
-    return total, fps
+        info = video.probe(path)
+        return len(video_sampling(policy).indices(info.num_frames, info.fps))
+    except ValueError as exc:  # VideoError is a ValueError; so is an unusable frame rate
+        raise _media_error(exc) from None
 
 
-def decode_video(path: str, policy: VideoPolicy) -> VideoFrames:
-    """Decode the sampled frames of ``path`` as RGB uint8 (PyAV)."""
-    import av
+def load_video(path: str, policy: VideoPolicy, *, threads: int | None = None) -> video.Clip:
+    """Decode the frames the recipe's spec selects (``video.load``; raises :class:`MediaError`).
 
-    total, fps = probe_video(path)
-    wanted = video_frame_indices(total, fps, policy)
-    want = set(wanted)
-    frames: dict[int, np.ndarray] = {}
+    ``threads`` defaults to 1 inside a DataLoader worker (the workers are the parallelism; a decoder thread pool
+    per worker oversubscribes the cores) and to automatic in the main process.
+    """
+    import video
+
+    if threads is None:
+        threads = 1 if _in_dataloader_worker() else 0
     try:
-        with av.open(path) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in want:
-                    frames[i] = frame.to_ndarray(format="rgb24")
-                if i >= wanted[-1]:
-                    break
-    except (OSError, av.FFmpegError, ValueError) as exc:
-        raise MediaError(f"{path}: cannot decode video ({exc})") from None
-    if len(frames) < len(want):  # fewer decodable frames than the header says: repeat the last decoded one
-        if not frames:
-            raise MediaError(f"{path}: no decodable frames")
-        last = frames[max(frames)]
-        frames = {i: frames.get(i, last) for i in wanted}
-    array = np.stack([frames[i] for i in wanted])
-    rate = fps if fps > 0 else 1.0
-    return VideoFrames(array, tuple(i / rate for i in wanted), total / rate)
+        return video.load(path, video_sampling(policy), threads=threads)
+    except ValueError as exc:
+        raise _media_error(exc) from None
+
+
+def _in_dataloader_worker() -> bool:
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:  # pragma: no cover - torch is a dependency of the trainer
+        return False
+    return get_worker_info() is not None
 
 
 def visual_token_counts(
@@ -455,10 +447,7 @@ def visual_token_counts(
         return tuple(counts)
     if sample.modality == "video":
         assert sample.video is not None
-        if not os.path.isfile(sample.video):
-            raise MediaError(f"{sample.video}: file does not exist")
-        total, fps = probe_video(sample.video)
-        n = len(video_frame_indices(total, fps, recipe.visual.video))
+        n = video_frame_count(sample.video, recipe.visual.video)
         return (video_tokens(n, recipe.visual.video, recipe.visual.tile_size, recipe.visual.patch_size),)
     return ()
 
@@ -552,9 +541,9 @@ def plan_samples(
 # Loading
 
 
-def load_media(sample: Sample, recipe: Recipe, *, decode_video: bool = True) -> Media:
-    """Decode the media of one sample (raises :class:`MediaError`). With ``decode_video=False`` the encoder
-    samples and decodes the video itself (from ``sample.video``)."""
+def load_media(sample: Sample, recipe: Recipe) -> Media:
+    """Decode the media of one sample (raises :class:`MediaError`); a video as the ``video.Clip`` of the recipe's
+    sampling spec (:func:`load_video`)."""
     import anyres
 
     if sample.modality in ("image", "multi_image"):
@@ -565,13 +554,10 @@ def load_media(sample: Sample, recipe: Recipe, *, decode_video: bool = True) -> 
             except anyres.ImageError as exc:
                 raise MediaError(str(exc)) from None
         return Media(images=tuple(images))
-    if sample.modality == "video" and decode_video:
+    if sample.modality == "video":
         assert sample.video is not None
-        return Media(video=_decode_video(sample.video, recipe.visual.video))
+        return Media(video=load_video(sample.video, recipe.visual.video))
     return Media()
-
-
-_decode_video = decode_video
 
 
 class TrainDataset:
@@ -597,9 +583,7 @@ class TrainDataset:
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         p = self.planned[index]
         try:
-            media = load_media(
-                p.sample, self.recipe, decode_video=not getattr(self.encoder, "loads_video", False)
-            )
+            media = load_media(p.sample, self.recipe)
             item = self.encoder.encode(p.sample, media)
         except MediaError as exc:
             if self.recipe.data.strict:

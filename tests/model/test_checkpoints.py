@@ -215,3 +215,44 @@ def test_convert_cli_round_trip(hf_dir, tmp_path, pipe, image_a, capsys):
     assert back.config.image_token_index == pipe.processor.image_token_id
     assert main(["convert", str(hf_dir), str(hf_dir)]) == 2
     assert "same directory" in capsys.readouterr().err
+
+
+def test_model_save_pretrained_from_pretrained_round_trip(tmp_path, image_a, frames8):
+    """``OneVisionModel.save_pretrained`` / ``from_pretrained``: model only (config + safetensors), exact, offline."""
+    from onevision.model import OneVisionModel
+
+    pipe = onevision.tiny_pipeline(seed=3)
+    model, proc = pipe.model, pipe.processor
+    with torch.no_grad():
+        model.image_newline.normal_()  # not the init value, so a missed tensor cannot hide
+    model.save_pretrained(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = OneVisionModel.from_pretrained(tmp_path / "m")
+    assert type(loaded) is OneVisionModel and not loaded.training
+    assert loaded.config.processor == model.config.processor
+    loaded.save_pretrained(tmp_path / "again")  # save -> load -> save: the same config.json
+    assert (tmp_path / "again" / "config.json").read_text() == (tmp_path / "m" / "config.json").read_text()
+    assert (loaded.image_token_id, loaded.video_token_id) == (model.image_token_id, model.video_token_id)
+    state, original = loaded.state_dict(), model.state_dict()
+    assert state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in state)
+    inputs = proc(
+        text=chatml("<image>\n<video>\nWhat?"), images=[image_a], videos=[frames8], padding_side="left"
+    )
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+    # dtype is kept (and can be overridden); a whole native checkpoint loads too; other formats are refused
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_bytes=100_000)
+    assert (tmp_path / "bf16" / "model.safetensors.index.json").is_file()
+    assert OneVisionModel.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
+    assert OneVisionModel.from_pretrained(tmp_path / "bf16", dtype=torch.float32).dtype == torch.float32
+    model.to(torch.float32)
+    pipe.save(str(tmp_path / "full"))
+    full, now = OneVisionModel.from_pretrained(tmp_path / "full").state_dict(), model.state_dict()
+    assert full.keys() == now.keys() and all(torch.equal(full[k], now[k]) for k in now)
+
+
+def test_model_from_pretrained_refuses_other_formats(hf_dir):
+    from onevision.model import OneVisionModel
+
+    with pytest.raises(CheckpointError, match=r"onevision\.load"):
+        OneVisionModel.from_pretrained(hf_dir)

@@ -150,3 +150,32 @@ def test_chat_accepts_content_parts_and_keeps_history(tiny, image_a):
     assert isinstance(answer, str)
     with pytest.raises(InputError, match="ends with an assistant turn"):
         tiny.chat(messages[:2])
+
+
+def test_stage1_frozen_llm_with_gradient_checkpointing_trains_the_projector(image_a, frames8):
+    """Stage 1: LLM + vision frozen, projector trainable, checkpointing on. transformers' input-require-grads hook
+    (installed by checkpointing) makes the token embeddings a leaf that requires grad; the visual splice must
+    still work, and only the projector gets gradients."""
+    pipe = onevision.tiny_pipeline(seed=2)
+    model, p = pipe.model, pipe.processor
+    for q in model.parameters():
+        q.requires_grad_(False)
+    for q in model.projector.parameters():
+        q.requires_grad_(True)
+    model.gradient_checkpointing_enable()
+    assert getattr(model.language_model, "_require_grads_hooks", None), "the transformers hook is in place"
+    conv_vid = [{"role": "user", "content": "<video>\nWhat?"}, {"role": "assistant", "content": "Motion."}]
+    batch = _training_batch(p, image_a)
+    video_batch = p.collate([p.build_sample(conv_vid, videos=[frames8])])
+    model.train()
+    for b in (batch, video_batch):
+        model.zero_grad()
+        model(**b).loss.backward()
+        grads = [q.grad for q in model.projector.parameters()]
+        assert all(g is not None and torch.count_nonzero(g) > 0 for g in grads)
+        assert all(q.grad is None for n, q in model.named_parameters() if not n.startswith("projector."))
+    model.eval()
+    with torch.no_grad():  # inference with the hook still in place packs in place and matches a hook-free run
+        hooked = model(**batch).logits
+        model.language_model.disable_input_require_grads()
+        assert torch.equal(hooked, model(**batch).logits)

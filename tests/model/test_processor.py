@@ -256,3 +256,31 @@ def test_time_instruction_from_the_sampling_spec(pipe, tmp_path, frames8):
     assert timed.count_tokens(conversation=conv, videos=[str(path)]).total == ids.shape[0]
     with pytest.raises(InputError, match="needs frame times"):
         timed.build_sample(conv, videos=[frames8])
+
+
+def test_fps_policy_is_the_onevision_frame_rule(pipe, tmp_path):
+    """A ``fps=1, max_frames=32`` policy is ``video.Sampling(fps=1, max_frames=32)`` on every path (the processor
+    passes ``num_frames=None`` when the caller gives none): 1 frame per second, at most 32 frames."""
+    import video
+    from onevision.config import ProcessorConfig
+    from video.testing import write_counter_video
+
+    p = pipe.processor
+    config = dataclasses.replace(p.config, sampling={"fps": 1, "max_frames": 32})
+    ov = type(p)(p.tokenizer, config, max_length=p.max_length)
+    want = video.Sampling(fps=1, max_frames=32)
+    assert ov.policy.frame_sampling() == want
+    assert ov.policy.frame_sampling(num_frames=None) == want
+    assert ov.policy.frame_sampling(num_frames=None, fps=None) == want
+    assert ov.policy.frame_sampling(num_frames=4) == video.Sampling(
+        num_frames=4
+    )  # explicit count replaces it
+    assert type(ov.policy).from_config(ProcessorConfig.from_dict(config.__dict__)).frame_sampling() == want
+    short = write_counter_video(tmp_path / "short.mp4", num_frames=45, width=64, height=48, fps=15)  # 3 s
+    long = write_counter_video(tmp_path / "long.mp4", num_frames=200, width=64, height=48, fps=5)  # 40 s
+    for path, frames in ((short, 3), (long, 32)):
+        inputs = ov(text="<video>", videos=[str(path)])
+        assert inputs.video_layouts[0].num_frames == frames
+        assert ov.count_tokens("<video>", videos=[str(path)]).visual == inputs.video_layouts[0].num_tokens
+    clip = video.load(long, want)
+    assert clip.indices.tolist() == want.indices(200, 5.0).tolist()

@@ -14,11 +14,15 @@ from onevision.train.data import (
     DataError,
     MediaError,
     TrainDataset,
+    load_media,
     load_samples,
+    load_video,
     parse_record,
     plan_samples,
     read_records,
     select,
+    video_frame_count,
+    video_sampling,
     video_tokens,
 )
 from onevision.train.recipe import VideoPolicy, load_recipe
@@ -219,3 +223,125 @@ def test_bad_media_is_skipped_and_counted_unless_strict(ov_setup, tmp_path):
     (tmp_path / "later.png").write_bytes(b"\x89PNG truncated")
     ds = TrainDataset(planned2, r2, encoder)
     assert ds[0] is None and Collator(encoder)([ds[0]]) == {"empty": True, "skipped": 1}
+
+
+def test_video_policy_is_one_sampling_spec():
+    import video
+
+    assert video_sampling(VideoPolicy()) == video.Sampling(fps=1, max_frames=32)  # OneVision: 1 fps, <= 32
+    forced = VideoPolicy(frames_upbound=64, video_fps=2, force_sample=True)
+    assert video_sampling(forced) == video.Sampling(fps=2, max_frames=64, force_sample=True)
+    assert video_sampling(VideoPolicy(frames_upbound=0)) == video.Sampling(fps=1)  # 0 = uncapped
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # tiny: 1 fps, at most 8 frames
+        ["visual.video.frames_upbound=4", "visual.video.force_sample=true"],
+        ["visual.video.frames_upbound=0", "visual.video.video_fps=3"],
+    ],
+)
+def test_dataset_and_inference_processor_pick_identical_frames(tiny_data, tmp_path, overrides):
+    """user-needs R13: for the same video and spec, the training dataset (plan and load) and the inference
+    processor of the saved model select the same frame indices, hence the same pixels."""
+    import torch
+
+    import video
+    from onevision.processor import OneVisionProcessor
+    from onevision.train.build import build_encoder, build_model, save_model
+    from video.testing import read_counter, write_counter_video
+
+    recipe = load_recipe("tiny/stage2_ov", ["init_from=null", *data_overrides(tiny_data), *overrides])
+    model = build_model(recipe)
+    encoder = build_encoder(recipe, model)
+    save_model(recipe, model, encoder, tmp_path / "model", None)
+    inference = OneVisionProcessor.from_pretrained(str(tmp_path / "model"))
+    spec = video_sampling(recipe.visual.video)
+    assert inference.policy.frame_sampling() == spec == encoder.processor.policy.frame_sampling()
+    videos = [
+        write_counter_video(tmp_path / "a.mp4", num_frames=75, width=64, height=48, fps=25),  # 3 s
+        write_counter_video(tmp_path / "b.mp4", num_frames=130, width=64, height=48, fps=10),  # 13 s
+        *sorted((Path(recipe.data.video_root)).glob("*.mp4"))[:1],  # the synthetic dataset's own
+    ]
+    for path in videos:
+        sample = parse_record(
+            {
+                "video": str(path),
+                "conversations": [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": "a"}],
+            },
+            source="t#0",
+        )
+        info = video.probe(path)
+        want = spec.indices(info.num_frames, info.fps).tolist()
+        clip = load_media(sample, recipe).video
+        assert clip.indices.tolist() == want and clip.sampling == spec
+        assert video_frame_count(str(path), recipe.visual.video) == len(want)
+        if path.name in ("a.mp4", "b.mp4"):  # frame counters burned in: the decoded frames are those indices
+            assert [read_counter(f) for f in clip.frames] == want
+        by_path = inference(text="<video>", videos=[str(path)])  # inference samples the file itself
+        by_clip = inference(text="<video>", videos=[clip])
+        assert by_path.video_layouts[0].num_frames == len(want)
+        assert torch.equal(by_path.pixel_values_videos, by_clip.pixel_values_videos)
+        planned, _ = plan_samples([sample], recipe, encoder, log=False)
+        item = TrainDataset(planned, recipe, encoder)[0]
+        assert torch.equal(item["pixel_values_videos"], by_path.pixel_values_videos)
+
+
+def test_video_errors_become_counted_media_errors(ov_setup, tmp_path, monkeypatch):
+    import video
+
+    recipe, encoder = ov_setup
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    with pytest.raises(MediaError, match=r"bad\.mp4"):
+        video_frame_count(str(bad), recipe.visual.video)
+    with pytest.raises(MediaError, match=r"nope\.mp4: file not found"):
+        load_video(str(tmp_path / "nope.mp4"), recipe.visual.video)
+    conv = [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": "a"}]
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "bad", "video": str(bad), "conversations": conv}]))
+    lenient = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}"])
+    samples, stats = load_samples(lenient)
+    planned, stats = plan_samples(samples, lenient, encoder, stats, log=False)
+    assert planned == [] and stats.dropped == {"bad or missing media": 1}
+    # a video that breaks after planning is skipped at load time (None -> counted by the collator)
+    good = next(Path(recipe.data.video_root).glob("*.mp4"))
+    later = tmp_path / "later.mp4"
+    later.write_bytes(good.read_bytes())
+    (tmp_path / "e.json").write_text(
+        json.dumps([{"id": "later", "video": str(later), "conversations": conv}])
+    )
+    r2 = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'e.json'}"])
+    planned2, _ = plan_samples(load_samples(r2)[0], r2, encoder, log=False)
+    assert len(planned2) == 1
+    later.write_bytes(good.read_bytes()[:200])
+    assert TrainDataset(planned2, r2, encoder)[0] is None
+
+    # a missing decoder backend is a setup error, not a bad sample
+    def unavailable(*args, **kwargs):
+        raise video.BackendUnavailableError(later, "no usable video backend is installed")
+
+    monkeypatch.setattr(video, "load", unavailable)
+    with pytest.raises(video.BackendUnavailableError):
+        TrainDataset(planned2, r2, encoder)[0]
+
+
+def test_video_decoding_uses_one_thread_inside_dataloader_workers(ov_setup, monkeypatch):
+    import torch.utils.data
+
+    import video
+
+    recipe, _ = ov_setup
+    seen = []
+    real = video.load
+
+    def spy(path, sampling, **kwargs):
+        seen.append(kwargs.get("threads"))
+        return real(path, sampling, **kwargs)
+
+    monkeypatch.setattr(video, "load", spy)
+    path = str(next(Path(recipe.data.video_root).glob("*.mp4")))
+    load_video(path, recipe.visual.video)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    load_video(path, recipe.visual.video)
+    assert seen == [0, 1]

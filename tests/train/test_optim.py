@@ -179,3 +179,31 @@ def test_tensorboard_is_optional_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(engine, "tensorboard_available", lambda: False)
     with pytest.raises(RecipeError, match=r"logging\.tensorboard.*pip install 'onevision\[train\]'"):
         engine.train(_recipe("logging.tensorboard=true"))
+
+
+def test_tiny_stage1_step_with_gradient_checkpointing_trains_only_the_projector(tiny_data):
+    """The engine's order on the real model and data: checkpointing on (with transformers' input-require-grads hook
+    left in place), LLM + vision frozen, one forward/backward; the projector gets gradients, nothing else."""
+    from onevision.train.build import build_encoder, build_model, enable_gradient_checkpointing
+    from onevision.train.data import Collator, TrainDataset, load_samples, plan_samples
+
+    from .conftest import data_overrides
+
+    recipe = load_recipe("tiny/stage1", ["init_from=null", *data_overrides(tiny_data)])
+    assert recipe.train.gradient_checkpointing
+    model = build_model(recipe)
+    encoder = build_encoder(recipe, model)
+    enable_gradient_checkpointing(recipe, model)
+    assert getattr(model.language_model, "_require_grads_hooks", None)
+    apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+    samples, stats = load_samples(recipe)
+    planned, _ = plan_samples(samples, recipe, encoder, stats, log=False)
+    ds = TrainDataset(planned, recipe, encoder)
+    batch = Collator(encoder)([ds[0], ds[1]])
+    batch.pop("skipped"), batch.pop("sample_ids")
+    assert batch["pixel_values"] is not None
+    model.train()
+    model(**batch).loss.backward()
+    grads = {n: q.grad for n, q in model.named_parameters() if q.grad is not None}
+    assert grads and all(n.startswith("projector.") for n in grads)
+    assert all(torch.count_nonzero(g) > 0 for g in grads.values())
