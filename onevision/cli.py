@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "recipes": "onevision.commands.recipes:register",
     "chat": "onevision.commands.chat:register",
     "convert": "onevision.commands.convert:register",
+    "demo": "onevision.commands.demo:register",
 }
 
 

@@ -54,7 +54,7 @@ class DemoDataSpec:
 
     seed: int = 0
     image_size: int = 192
-    box_size: int = 24
+    box_size: int = 32
     video_size: int = 64
     video_frames: int = 8
     train_single: int = 1200
