@@ -113,6 +113,7 @@ __all__ = [
     "tiny_config",
     "tiny_pipeline",
     "tiny_tokenizer",
+    "train_tokenizer",
 ]
 
 

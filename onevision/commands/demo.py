@@ -16,9 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "accuracy table and write a report folder (metrics, loss curves, layout picture, examples)."
         ),
     )
-    p.add_argument("--output", type=Path, default=Path("onevision-demo"), help="work and report folder (default: %(default)s)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("onevision-demo"),
+        help="work and report folder (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="a smaller, shorter run (about 3 minutes; used by the tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="a smaller, shorter run (about 3 minutes; used by the tests)"
+    )
     p.add_argument("--no-chat", action="store_true", help="skip the `onevision chat` examples at the end")
     p.set_defaults(func=run)
 
@@ -27,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from onevision.demo.run import DemoOptions
     from onevision.demo.run import run as run_demo
 
-    run_demo(DemoOptions(output=args.output, seed=args.seed, quick=args.quick, chat_examples=not args.no_chat))
+    run_demo(
+        DemoOptions(output=args.output, seed=args.seed, quick=args.quick, chat_examples=not args.no_chat)
+    )
     return 0

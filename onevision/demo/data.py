@@ -61,7 +61,7 @@ class DemoDataSpec:
     train_multi: int = 240
     train_video: int = 240
     train_captions: int = 600
-    eval_per_question: int = 60
+    eval_per_question: int = 100
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoDataSpec:
@@ -71,7 +71,7 @@ class DemoDataSpec:
             train_multi=80,
             train_video=80,
             train_captions=160,
-            eval_per_question=30,
+            eval_per_question=40,
         )
 
 

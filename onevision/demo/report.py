@@ -55,7 +55,9 @@ def write_layout(data_root: Path, out: Path) -> Path:
 
     record = json.loads((data_root / "eval_single.jsonl").read_text().splitlines()[0])
     image = data_root / "images" / record["image"]
-    tiled = anyres.draw_layout(image, anyres.get_strategy("anyres_max_9", tile_size=64, patch_size=8), max_side=384)
+    tiled = anyres.draw_layout(
+        image, anyres.get_strategy("anyres_max_9", tile_size=64, patch_size=8), max_side=384
+    )
     base = anyres.draw_layout(image, anyres.get_strategy("pad", tile_size=64, patch_size=8), max_side=384)
     canvas = Image.new("RGB", (tiled.width + base.width + 24, max(tiled.height, base.height)), "white")
     canvas.paste(tiled, (0, 0))
@@ -75,7 +77,10 @@ def write_examples(results: dict[str, Any], data_root: Path, report: Path, per_t
     }
     first = next(iter(predictions.values()))
     seen: dict[str, int] = {}
-    lines = ["| question | expected | " + " | ".join(predictions) + " |", "|---|---|" + "---|" * len(predictions)]
+    lines = [
+        "| question | expected | " + " | ".join(predictions) + " |",
+        "|---|---|" + "---|" * len(predictions),
+    ]
     for rid, row in first.items():
         if seen.get(row["question_type"], 0) >= per_type:
             continue
@@ -96,8 +101,10 @@ def chat_examples(model_dir: Path, data_root: Path, out: Path) -> Path:
     clip = json.loads((data_root / "eval_video.jsonl").read_text().splitlines()[0])
     calls = [
         ["--image", str(data_root / "images" / single["image"]), "What color is the big shape?"],
-        [*sum((["--image", str(data_root / "images" / p)] for p in multi["image"][:2]), []),
-         "What color is the shape in the second image?"],
+        [
+            *[arg for p in multi["image"][:2] for arg in ("--image", str(data_root / "images" / p))],
+            "What color is the shape in the second image?",
+        ],
         ["--video", str(data_root / "videos" / clip["video"]), "Which color appears first?"],
     ]
     transcript = []

@@ -40,7 +40,7 @@ class DemoOptions:
     chat_examples: bool = True
 
     def stage_epochs(self, stage: str) -> int:
-        default = {"stage1": 1, "stage1_5": 2, "stage2_si": 4, "stage2_ov": 1}
+        default = {"stage1": 1, "stage1_5": 2, "stage2_si": 3, "stage2_ov": 1}
         if self.quick:
             default = {"stage1": 1, "stage1_5": 2, "stage2_si": 4, "stage2_ov": 1}
         return self.epochs.get(stage, default[stage])
@@ -107,14 +107,27 @@ def evaluate(model_dir: Path, data_root: Path, batch_size: int = 16) -> list[dic
                 requests.append({"prompt": question, "videos": [str(data_root / "videos" / r["video"])]})
             else:
                 images = r["image"] if isinstance(r["image"], list) else [r["image"]]
-                requests.append({"prompt": question, "images": [str(data_root / "images" / i) for i in images]})
+                requests.append(
+                    {"prompt": question, "images": [str(data_root / "images" / i) for i in images]}
+                )
         answers = pipe.batch(requests, batch_size=batch_size, max_new_tokens=4)
         for r, answer in zip(chunk, answers):
             expected = r["conversations"][1]["value"]
-            predicted = (answer or "").strip().split()[0].strip(".,!").lower() if (answer or "").strip() else ""
+            predicted = (
+                (answer or "").strip().split()[0].strip(".,!").lower() if (answer or "").strip() else ""
+            )
             modality = "video" if "video" in r else ("multi" if isinstance(r["image"], list) else "single")
-            rows.append({"id": r["id"], "modality": modality, "question_type": r["question_type"],
-                         "expected": expected, "predicted": predicted, "raw": answer, "correct": predicted == expected})
+            rows.append(
+                {
+                    "id": r["id"],
+                    "modality": modality,
+                    "question_type": r["question_type"],
+                    "expected": expected,
+                    "predicted": predicted,
+                    "raw": answer,
+                    "correct": predicted == expected,
+                }
+            )
     return rows
 
 
@@ -140,12 +153,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     variants = list(results)
     keys = sorted({k for v in results.values() for k in v})
-    header = f"{'modality / question':<28}{'n':>5}" + "".join(f"{v:>16}" for v in variants) + f"{'chance':>10}"
+    header = (
+        f"{'modality / question':<28}{'n':>5}" + "".join(f"{v:>16}" for v in variants) + f"{'chance':>10}"
+    )
     lines = [header, "-" * len(header)]
     for key in keys:
         first = next(results[v][key] for v in variants if key in results[v])
         cells = "".join(
-            f"{results[v][key]['accuracy'] * 100:>15.1f}%" if key in results[v] else f"{'-':>16}" for v in variants
+            f"{results[v][key]['accuracy'] * 100:>15.1f}%" if key in results[v] else f"{'-':>16}"
+            for v in variants
         )
         lines.append(f"{key:<28}{first['n']:>5}{cells}{first['chance'] * 100:>9.1f}%")
     return "\n".join(lines)
