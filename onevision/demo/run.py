@@ -42,7 +42,7 @@ class DemoOptions:
     def stage_epochs(self, stage: str) -> int:
         default = {"stage1": 1, "stage1_5": 2, "stage2_si": 3, "stage2_ov": 1}
         if self.quick:
-            default = {"stage1": 1, "stage1_5": 1, "stage2_si": 3, "stage2_ov": 1}
+            default = {"stage1": 1, "stage1_5": 2, "stage2_si": 4, "stage2_ov": 1}
         return self.epochs.get(stage, default[stage])
 
     @property
