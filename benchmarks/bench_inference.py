@@ -124,42 +124,17 @@ def photo(width: int, height: int):
 
 def bench_generation(repeats: int, new_tokens: int) -> list[tuple[str, float, float]]:
     from transformers import (
-        LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
         LlavaOnevisionImageProcessorPil,
         LlavaOnevisionProcessor,
         LlavaOnevisionVideoProcessor,
-        Qwen2Config,
-        SiglipVisionConfig,
     )
 
     import onevision
 
     tok = onevision.tiny_tokenizer()
-    pins = [[64 * i, 64 * j] for i in range(1, 7) for j in range(1, 7)]
-    cfg = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(
-            image_size=64,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vision_use_head=False,
-        ),
-        text_config=Qwen2Config(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tok),
-            max_position_embeddings=8192,
-        ),
-        image_grid_pinpoints=pins,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        video_token_index=tok.convert_tokens_to_ids("<video>"),
-    )
+    cfg = onevision.tiny_hf_config(tok)
+    pins = cfg.image_grid_pinpoints
     torch.manual_seed(0)
     hf = LlavaOnevisionForConditionalGeneration(cfg).eval()
     common = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": 64, "width": 64}}

@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "tiny_config": "onevision.tiny",
     "tiny_tokenizer": "onevision.tiny",
     "tiny_pipeline": "onevision.tiny",
+    "tiny_hf_config": "onevision.tiny",
     "train_tokenizer": "onevision.tiny",
     # components
     "OneVisionModel": "onevision.model",
@@ -111,6 +112,7 @@ __all__ = [
     "register_projector",
     "save_native",
     "tiny_config",
+    "tiny_hf_config",
     "tiny_pipeline",
     "tiny_tokenizer",
     "train_tokenizer",
@@ -157,4 +159,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from onevision.processor import BatchInputs, ModalityPolicy, OneVisionProcessor, TokenCount
     from onevision.projectors import build_projector, list_projectors, register_projector
     from onevision.templates import ChatTemplate, get_template
-    from onevision.tiny import tiny_config, tiny_pipeline, tiny_tokenizer, train_tokenizer
+    from onevision.tiny import tiny_config, tiny_hf_config, tiny_pipeline, tiny_tokenizer, train_tokenizer

@@ -294,6 +294,43 @@ def tiny_config(
     )
 
 
+def tiny_hf_config(tokenizer: Any, *, vision_layers: int = 2, tie_word_embeddings: bool = False) -> Any:
+    """The transformers ``LlavaOnevisionConfig`` twin of :func:`tiny_config` (reference §5.6 geometry).
+
+    SigLIP 64 px tiles, patch 8, width 32; Qwen2 width 64, 2 layers, 4 heads, 2 KV heads; pinpoints
+    ``64 x {1..6}^2``; the ``<image>`` / ``<video>`` ids of ``tokenizer``. Used for parity tests and benchmarks.
+    """
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        image_size=64,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=8192,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=[[64 * i, 64 * j] for i in range(1, 7) for j in range(1, 7)],
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
 def tiny_pipeline(seed: int = 0, **config_overrides: Any):
     """A :class:`~onevision.pipeline.Pipeline` with random tiny weights (``torch.manual_seed(seed)`` first)."""
     import torch

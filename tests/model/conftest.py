@@ -48,35 +48,9 @@ def tokenizer():
 
 
 def _hf_config(tokenizer, *, vision_layers: int = 2, tie: bool = False):
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+    from onevision.tiny import tiny_hf_config
 
-    vision = SiglipVisionConfig(
-        image_size=TILE,
-        patch_size=PATCH,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=8192,
-        tie_word_embeddings=tie,
-    )
-    return LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_grid_pinpoints=PINPOINTS,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        tie_word_embeddings=tie,
-    )
+    return tiny_hf_config(tokenizer, vision_layers=vision_layers, tie_word_embeddings=tie)
 
 
 def hf_processor(tokenizer, backend: str = "pil"):
