@@ -34,6 +34,18 @@ def long_gop(media_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def open_gop(media_dir: Path) -> Path:
+    """H.264 with open GOPs: keyframes after the first are non-IDR I-frames (recovery point), 3 B-frames."""
+    return write_counter_video(
+        media_dir / "open_gop.mp4",
+        num_frames=150,
+        width=192,
+        height=96,
+        options={"x264-params": "keyint=30:min-keyint=30:scenecut=0:bframes=3:open-gop=1"},
+    )
+
+
+@pytest.fixture(scope="session")
 def hevc_clip(media_dir: Path) -> Path:
     return write_counter_video(
         media_dir / "hevc.mp4", num_frames=120, width=192, height=96, codec="libx265", gop=40, bframes=3

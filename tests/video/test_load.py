@@ -12,6 +12,7 @@ import video
 from video.backends.base import OpenOptions
 from video.backends.pyav import PyAVBackend, PyAVReader
 from video.limits import Deadline
+from video.sampling import snap_to_keyframes
 from video.testing import read_counter
 
 from .media import GIF_DURATIONS_MS, LONG_FRAMES, LONG_GOP, VFR_PTS_MS, decode_all, keyframe_indices
@@ -24,15 +25,16 @@ def _open_pyav(path: Path) -> PyAVReader:
 
 
 class _Counting:
-    """Spy on PyAVReader._decode: packets sent, frames received and seeks, for one read."""
+    """Spy on PyAVReader._decode: packets sent, decoder drains, frames received and seeks, for one read."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent = self.received = self.seeks = 0
+        self.sent = self.received = self.seeks = self.drains = 0
         decode, seek = PyAVReader._decode, PyAVReader._seek
 
         def counting_decode(reader, stream, packet):
             frames = decode(reader, stream, packet)
             self.sent += packet is not None
+            self.drains += packet is None
             self.received += len(frames)
             return frames
 
@@ -135,6 +137,20 @@ def test_hevc_open_gop_is_exact(hevc_clip: Path) -> None:
     indices = np.array(sorted(i for i in around if 0 <= i < n))
     with _open_pyav(hevc_clip) as reader:
         assert reader.num_frames == n
+        frames = reader.read(indices, Deadline(None))
+    assert sorted(frames) == indices.tolist()
+    for index, frame in frames.items():
+        assert read_counter(frame) == index
+        np.testing.assert_array_equal(frame, reference[index])
+
+
+def test_open_gop_h264_is_exact(open_gop: Path) -> None:
+    reference = decode_all(open_gop)
+    keys = keyframe_indices(open_gop)
+    assert keys == list(range(0, 150, 30))
+    around = {k + d for k in keys for d in (-3, -1, 0, 1, 2)} | {len(reference) - 1}
+    indices = np.array(sorted(i for i in around if 0 <= i < len(reference)))
+    with _open_pyav(open_gop) as reader:
         frames = reader.read(indices, Deadline(None))
     assert sorted(frames) == indices.tolist()
     for index, frame in frames.items():
@@ -249,8 +265,56 @@ def test_keyframes_mode_decodes_only_keyframe_packets(
     spy = _Counting(monkeypatch)
     clip = video.load(long_gop, video.Sampling(num_frames=4, mode="keyframes"), backend="pyav")
     np.testing.assert_array_equal(clip.indices, [0, 90, 270, 270])  # linspace 0,119,239,359 snapped
-    assert spy.sent == 3  # one packet per distinct keyframe, each drained out of the decoder at once
+    assert spy.sent == 3  # one packet per distinct keyframe ...
+    assert spy.drains == 1  # ... sent back to back (frame threads overlap them), drained once at the end
     assert spy.seeks == 2
+
+
+@pytest.mark.parametrize("num_frames", [3, 8, 16, 40])
+@pytest.mark.parametrize("clip_name", ["long_gop", "hevc_clip", "open_gop"])
+def test_keyframes_mode_returns_exactly_the_keyframe_frames(
+    clip_name: str, num_frames: int, request: pytest.FixtureRequest
+) -> None:
+    """Pixel for pixel equal to a decode-everything pass at the snapped indices, with their timestamps."""
+    path = request.getfixturevalue(clip_name)
+    reference = decode_all(path)
+    keys = keyframe_indices(path)
+    clip = video.load(path, video.Sampling(num_frames=num_frames, mode="keyframes"), backend="pyav")
+    expected = snap_to_keyframes(np.linspace(0, len(reference) - 1, num_frames, dtype=int), keys)
+    np.testing.assert_array_equal(clip.indices, expected)
+    assert clip.frames.shape[0] == num_frames and clip.missing == ()
+    for frame, index in zip(clip.frames, clip.indices):
+        assert read_counter(frame) == index
+        np.testing.assert_array_equal(frame, reference[index])
+    np.testing.assert_allclose(clip.timestamps, clip.indices / 30.0)
+
+
+def test_exact_requests_on_keyframes_decode_only_those_packets(
+    long_gop: Path, long_gop_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _Counting(monkeypatch)
+    targets = np.arange(0, LONG_FRAMES, LONG_GOP)  # every keyframe
+    with _open_pyav(long_gop) as reader:
+        frames = reader.read(targets, Deadline(None))
+    assert sorted(frames) == targets.tolist()
+    for index, frame in frames.items():
+        np.testing.assert_array_equal(frame, long_gop_frames[index])
+    assert (spy.sent, spy.drains, spy.seeks) == (len(targets), 1, len(targets) - 1)
+
+
+def test_keyframes_that_are_not_intra_coded_are_decoded_the_normal_way(
+    long_gop: Path, long_gop_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back-to-back decoding is only trusted for intra pictures; anything else is re-read from its keyframe."""
+    import video.backends.pyav as pyav_backend
+
+    monkeypatch.setattr(pyav_backend, "_is_intra", lambda frame: False)
+    spy = _Counting(monkeypatch)
+    clip = video.load(long_gop, video.Sampling(num_frames=4, mode="keyframes"), backend="pyav")
+    np.testing.assert_array_equal(clip.indices, [0, 90, 270, 270])
+    for frame, index in zip(clip.frames, clip.indices):
+        np.testing.assert_array_equal(frame, long_gop_frames[index])
+    assert spy.sent == 6  # three back to back (rejected), then each again on its own
 
 
 def test_keyframes_mode_with_decord(long_gop: Path) -> None:

@@ -2,11 +2,16 @@
 
 How a read works (indexed mode, the normal case):
 
-1. **Index.** On open, every packet of the video stream is demuxed, **not decoded** (cheap), recording its
-   presentation timestamp (pts), keyframe flag and decode position. Frame ``i`` is the ``i``-th smallest pts
-   (edit-list ``discard`` packets excluded), exactly like decord's frame index. A frame is decodable from the
-   last keyframe before it in decode order whose pts is not after its own (so open-GOP leading pictures
-   start one GOP earlier).
+1. **Index.** On open, every packet of the video stream is listed, **not decoded**, with its presentation
+   timestamp (pts), keyframe flag and decode position. Frame ``i`` is the ``i``-th smallest pts (edit-list
+   ``discard`` packets excluded), exactly like decord's frame index. A frame is decodable from the last
+   keyframe before it in decode order whose pts is not after its own (so open-GOP leading pictures start one
+   GOP earlier). For MP4/MOV the list comes without reading the media data: FFmpeg's own index (decode
+   timestamps, keyframe/discard flags, byte positions) plus the ``ctts`` composition offsets from the sample
+   table (:func:`video._mp4.mp4_sample_table`), accepted only when the sample table matches FFmpeg's index
+   byte for byte and the first packets demux to exactly the predicted values; every packet demuxed later is
+   checked again (a mismatch re-indexes by demuxing). Other containers and fragmented or truncated MP4s are
+   indexed by demuxing every packet (still no decoding).
 2. **Seek only where it saves work.** Targets are visited in decode order. After each packet, if the earliest
    keyframe still needed lies more than ``MIN_SEEK_GAP`` packets ahead, frames whose packets were already sent
    are drained out of the decoder and the demuxer seeks to that keyframe; otherwise decoding continues. Every seek is
@@ -17,6 +22,10 @@ How a read works (indexed mode, the normal case):
    still is, so the requested frames are bit-identical to a decode-everything pass. Requested packets are
    sent with ``skip_frame="DEFAULT"``. The setting is copied per packet into FFmpeg's frame-threading workers.
 4. Decoded frames are matched to requests by pts, converted to RGB24 and returned.
+5. **Keyframe-only requests** (``mode="keyframes"``, or exact requests that all land on keyframes) fetch
+   just the requested keyframe packets (seeking between them) and decode them back to back, with no drain in
+   between, so FFmpeg's frame threads decode several at once. This is exact for intra-coded keyframes (every
+   frame's picture type is checked; anything else is re-read the normal way).
 
 Codecs outside the seek/skip allow-lists are decoded sequentially from the start (still stopping after the last
 requested frame). Streams whose packets lack unique pts are read in "ordinal" mode: frame ``i`` is the
@@ -28,6 +37,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from video._mp4 import mp4_rotation
+from video._mp4 import mp4_rotation, mp4_sample_table
 from video.backends.base import (
     Backend,
     OpenOptions,
@@ -83,10 +93,24 @@ NONREF_CODECS = frozenset({"h264", "hevc"})
 MIN_SEEK_GAP = 12
 #: Containers whose header frame count is exact (MP4 sample tables): a shortfall means truncation.
 _EXACT_COUNT_FORMATS = ("mov", "mp4")
+#: Packets demuxed on open to check an index built from the MP4 sample tables (more are checked on every read).
+TABLE_CHECK_PACKETS = 16
+#: Keyframe-only reads decode at most this many packets (or bytes) back to back before draining the decoder.
+KEY_BATCH_PACKETS = 16
+KEY_BATCH_BYTES = 64 * 2**20
+_AVINDEX_KEYFRAME, _AVINDEX_DISCARD_FRAME = 1, 2  # AVIndexEntry.flags
+_AV_PICTURE_TYPE_I = 1
 
 
 class _SeekFailed(Exception):
     """Internal: the demuxer could not position before the wanted keyframe."""
+
+
+class _IndexMismatch(Exception):
+    """Internal: a demuxed packet disagrees with an index built from the MP4 sample tables."""
+
+
+_Index = tuple[list[int | None], list[bool], list[bool], list[int]]  # pts, keyframe, discard, duration
 
 
 def _av() -> Any:
@@ -131,6 +155,13 @@ def _video_stream(container: Any, path: Path) -> Any:
     return stream
 
 
+def _is_intra(frame: Any) -> bool:
+    """Whether a decoded picture is intra-coded (its pixels do not depend on earlier pictures)."""
+    kind = frame.pict_type  # an int (PyAV 18), a PictureType enum (PyAV 13-17) or an enum item (older)
+    name = getattr(kind, "name", None)
+    return name == "I" if name is not None else int(kind) == _AV_PICTURE_TYPE_I
+
+
 def _rotation(path: Path, container: Any, stream: Any) -> int:
     if any(name in container.format.name for name in _EXACT_COUNT_FORMATS):
         rotation = mp4_rotation(path)
@@ -151,7 +182,6 @@ class PyAVReader(Reader):
         self.path = path
         self.warnings = []
         self._threads = options.threads
-        av = _av()
         container = _open_container(path)
         try:
             stream = _video_stream(container, path)
@@ -163,40 +193,154 @@ class PyAVReader(Reader):
             self.container = str(container.format.name)
             self.rotation = _rotation(path, container, stream)
             self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
-            header_rate = stream.average_rate or stream.guessed_rate
-            declared = int(stream.frames or 0)
-
-            pts: list[int | None] = []
-            keyframe: list[bool] = []
-            discard: list[bool] = []
-            duration: list[int] = []
-            try:
-                for packet in container.demux(stream):
-                    if packet.size == 0:
-                        continue
-                    pts.append(packet.pts)
-                    keyframe.append(bool(packet.is_keyframe))
-                    discard.append(bool(packet.is_discard))
-                    duration.append(int(packet.duration or 0))
-                    if len(pts) % 512 == 0:
-                        deadline.check(path, NAME)
-            except av.error.FFmpegError as exc:
-                if not pts:
-                    raise VideoError(
-                        path, f"cannot demux the video stream ({exc})", reason="corrupt", backend=NAME
-                    ) from exc
-                self.warnings.append(f"demuxing stopped after {len(pts)} packets: {exc}")
+            self._header_rate = stream.average_rate or stream.guessed_rate
+            self._declared = int(stream.frames or 0)
+            self._mp4 = any(f in self.container for f in _EXACT_COUNT_FORMATS)
+            tables = self._sample_tables(stream) if self._mp4 else None
+            indexed = tables is not None and self._index_from_tables(container, stream, tables)
+            if tables is not None and not indexed:  # packets were demuxed while checking: open afresh
+                container.close()
+                container = _open_container(path)
+                stream = container.streams[self._stream_index]
+            if not indexed:
+                self._set_index(*self._demux_index(container, stream, deadline))
         except BaseException:
             container.close()
             raise
         # kept for the first read (saves re-opening, which probes the stream again); rewound or seeked then
         self._container: Any = container
 
+    # -- indexing ------------------------------------------------------------------------------------
+    def _demux_index(self, container: Any, stream: Any, deadline: Deadline) -> tuple[_Index, None]:
+        """Demux every packet of the stream (no decoding)."""
+        av = _av()
+        pts: list[int | None] = []
+        keyframe: list[bool] = []
+        discard: list[bool] = []
+        duration: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                pts.append(packet.pts)
+                keyframe.append(bool(packet.is_keyframe))
+                discard.append(bool(packet.is_discard))
+                duration.append(int(packet.duration or 0))
+                if len(pts) % 512 == 0:
+                    deadline.check(self.path, NAME)
+        except av.error.FFmpegError as exc:
+            if not pts:
+                raise VideoError(
+                    self.path, f"cannot demux the video stream ({exc})", reason="corrupt", backend=NAME
+                ) from exc
+            self.warnings.append(f"demuxing stopped after {len(pts)} packets: {exc}")
+        return (pts, keyframe, discard, duration), None
+
+    def _sample_tables(self, stream: Any) -> tuple[np.ndarray, ...] | None:
+        """FFmpeg's MP4 index next to the file's sample table, if they agree sample for sample (no demuxing).
+
+        Returns ``(dts, byte positions, composition offsets, FFmpeg index flags)``. They must agree on every
+        sample's byte position and size (so no edit list dropped or repeated samples) and every sample
+        must lie inside the file (else it is truncated).
+        """
+        entries = getattr(stream, "index_entries", None)  # PyAV >= 17
+        if entries is None or len(entries) == 0:
+            return None
+        table = mp4_sample_table(self.path, int(stream.id))
+        if table is None or len(table.offsets) != len(entries):
+            return None
+        # copied at once: the entries point into FFmpeg's index, which demuxing may reallocate
+        rows = np.array([(e.timestamp, e.pos, e.size, e.flags) for e in entries[:]], dtype=np.int64)
+        dts, positions, sizes, flags = rows.T
+        try:
+            file_size = os.stat(self.path).st_size
+        except OSError:
+            return None
+        if (
+            not np.array_equal(positions, table.offsets)
+            or not np.array_equal(sizes, table.sizes)
+            or int(sizes.min()) <= 0
+            or int((positions + sizes).max()) > file_size
+        ):
+            return None
+        return dts, positions, table.composition, flags
+
+    def _index_from_tables(self, container: Any, stream: Any, tables: tuple[np.ndarray, ...]) -> bool:
+        """Index from :meth:`_sample_tables`, checked against the demuxer; ``False`` if it cannot be trusted.
+
+        The demuxer reports ``dts = index timestamp`` and ``pts = dts + shift + ctts`` for every sample
+        (``shift`` is constant per track); the first ``TABLE_CHECK_PACKETS`` packets must demux to exactly
+        the predicted position, timestamps and flags. Variable-frame-rate streams also need the demuxer's
+        duration of their last frame: that packet is fetched with a seek and checked too.
+        """
+        dts, positions, composition, flags = tables
+        count = len(dts)
+        pts = dts + composition
+        keyframe = (flags & _AVINDEX_KEYFRAME) != 0
+        discard = (flags & _AVINDEX_DISCARD_FRAME) != 0
+        want = min(count, TABLE_CHECK_PACKETS)
+        shift: int | None = None
+        checked = 0
+        av = _av()
+
+        def matches(packet: Any, k: int) -> bool:
+            return (
+                packet.size > 0
+                and packet.pts is not None
+                and packet.pos == positions[k]
+                and packet.dts == dts[k]
+                and packet.pts == pts[k] + shift
+                and bool(packet.is_keyframe) == keyframe[k]
+                and bool(packet.is_discard) == discard[k]
+            )
+
+        try:
+            for packet in container.demux(stream):
+                if shift is None:
+                    shift = int(packet.pts) - int(pts[0]) if packet.pts is not None else 0
+                if not matches(packet, checked):
+                    log.debug("%s: MP4 sample table disagrees with packet %d; demuxing", self.path, checked)
+                    return False
+                checked += 1
+                if checked == want:
+                    break
+        except av.error.FFmpegError:
+            return False
+        if checked < want or shift is None:
+            return False
+        pts += shift
+        durations = [0] * count
+        self._set_index((pts.tolist(), keyframe.tolist(), discard.tolist(), durations), positions.tolist())
+        if self.cfr or not self._indexed:
+            return True
+        last = self._dpos[-1]  # variable frame rate: the last frame's duration is part of the video's
+        sample_of_pos = {int(pos): k for k, pos in enumerate(positions)}
+        try:  # lands at or a little before it (FFmpeg applies the edit-list offset)
+            container.seek(int(dts[last]), stream=stream, backward=True, any_frame=True)
+            for packet in container.demux(stream):
+                k = sample_of_pos.get(packet.pos, -1)
+                if k < 0 or k > last or not matches(packet, k):
+                    return False
+                if k == last:
+                    durations[last] = int(packet.duration or 0)
+                    break
+            else:
+                return False
+        except av.error.FFmpegError:
+            return False
+        self._set_index((pts.tolist(), keyframe.tolist(), discard.tolist(), durations), positions.tolist())
+        return True
+
+    def _set_index(self, index: _Index, sample_pos: list[int] | None) -> None:
+        pts, keyframe, discard, duration = index
         self._pts = pts
         self._keyframe = keyframe
+        # byte position of every packet when the index came from the sample tables (checked on every read)
+        self._sample_pos = sample_pos
         total_packets = len(pts)
-        if declared > total_packets and any(f in self.container for f in _EXACT_COUNT_FORMATS):
-            self.declared_frames = declared
+        self.declared_frames = None
+        if self._declared > total_packets and self._mp4:
+            self.declared_frames = self._declared
 
         shown = [i for i in range(total_packets) if not discard[i]]
         shown_pts = [pts[i] for i in shown]
@@ -224,6 +368,7 @@ class PyAVReader(Reader):
             self._times = None
             last_duration = 0.0
 
+        header_rate = self._header_rate
         if self._times is not None and self.num_frames > 0:
             self.fps, self.cfr = frame_rate_from_timestamps(self._times, header_rate, tick)
         else:
@@ -232,6 +377,13 @@ class PyAVReader(Reader):
         if not self.cfr and self._times is not None:
             step = float(self._times[-1]) / max(1, self.num_frames - 1)
             self._vfr_duration = float(self._times[-1]) + (last_duration if last_duration > 0 else step)
+
+    def _position(self, packet: Any, previous: int) -> int:
+        """Decode position of a demuxed packet; checks it against a sample-table index."""
+        position = self._pos_of_pts.get(packet.pts)
+        if self._sample_pos is not None and (position is None or self._sample_pos[position] != packet.pos):
+            raise _IndexMismatch(f"packet at byte {packet.pos} with pts {packet.pts} is not in the index")
+        return previous + 1 if position is None else position
 
     # -- metadata ------------------------------------------------------------------------------------
     def timestamps(self) -> np.ndarray:
@@ -288,13 +440,105 @@ class PyAVReader(Reader):
         if not targets:
             return {}
         self._reformatter = None
+        self._decode_errors = 0
         if not self._indexed:
             return self._read_ordinal(targets, deadline)
         try:
-            return self._read_indexed(targets, deadline, seek=self._seekable)
+            return self._read_seekable(targets, deadline)
+        except _IndexMismatch as exc:  # never seen in practice: the checks on open make it very unlikely
+            message = f"the MP4 sample table disagreed with the demuxer ({exc}); re-indexed by demuxing"
+            log.warning("%s: %s", self.path, message)
+            self.warnings.append(message)
+            self.close()
+            container = _open_container(self.path)
+            try:
+                self._set_index(
+                    *self._demux_index(container, container.streams[self._stream_index], deadline)
+                )
+            finally:
+                container.close()
+            if not self._indexed:
+                return self._read_ordinal([t for t in targets if t < self.num_frames], deadline)
+            return self._read_seekable([t for t in targets if t < self.num_frames], deadline)
+
+    def _read_seekable(self, targets: list[int], deadline: Deadline) -> dict[int, np.ndarray]:
+        if self._seekable and all(self._key_for(i) == self._dpos[i] for i in targets):
+            out = self._read_keyframes(targets, deadline)
+            rest = [i for i in targets if i not in out]
+            if not rest:
+                return out
+            targets = rest  # not intra-coded, or lost by the decoder: decode them the normal way
+        else:
+            out = {}
+        try:
+            out.update(self._read_indexed(targets, deadline, seek=self._seekable))
         except _SeekFailed as exc:
             log.debug("%s: %s; re-reading from the start without seeking", self.path, exc)
-            return self._read_indexed(targets, deadline, seek=False)
+            out.update(self._read_indexed(targets, deadline, seek=False))
+        return out
+
+    def _read_keyframes(self, targets: list[int], deadline: Deadline) -> dict[int, np.ndarray]:
+        """Frames that are keyframes decodable on their own: fetch only their packets, decode back to back.
+
+        Packets are collected first (a seek resets the decoder) in batches of ``KEY_BATCH_PACKETS``, then
+        sent without draining in between, so frame threads work on several keyframes at once. A frame is
+        accepted only if it is intra-coded (its pixels cannot depend on what was decoded before it); the
+        caller re-reads anything missing (not intra-coded, dropped by the decoder, or after a failed seek).
+        """
+        want = {self._present_pts[i]: i for i in targets}
+        positions = sorted(self._dpos[i] for i in targets)
+        out: dict[int, np.ndarray] = {}
+        container, _ = self._take_container()
+        try:
+            stream = container.streams[self._stream_index]
+            cc = self._configure(stream)
+
+            def collect(frames: Iterable[Any]) -> None:
+                for frame in frames:
+                    index = want.get(frame.pts)
+                    if index is not None and index not in out and _is_intra(frame):
+                        self._convert(frame, out, index)
+
+            def decode(batch: list[Any]) -> None:
+                for packet in batch:
+                    deadline.check(self.path, NAME)
+                    collect(self._decode(stream, packet))
+                collect(self._decode(stream, None))
+                cc.flush_buffers()  # accept packets again after draining
+
+            batch: list[Any] = []
+            size = 0
+            packets: Iterator[Any] = iter(())
+            position = None  # decode position of the last packet demuxed
+            for key in positions:
+                deadline.check(self.path, NAME)
+                if position is None or not position < key <= position + MIN_SEEK_GAP:
+                    packets = self._seek(container, stream, key)  # resets the decoder: it holds nothing now
+                    position = None
+                found = None
+                for packet in packets:
+                    if packet.size == 0:
+                        break
+                    position = self._position(packet, -1 if position is None else position)
+                    if position == key:
+                        found = packet
+                        break
+                    if position > key:
+                        break
+                if found is None:
+                    raise _SeekFailed(f"keyframe packet {key} not found after seeking")
+                batch.append(found)
+                size += found.size
+                if len(batch) >= KEY_BATCH_PACKETS or size >= KEY_BATCH_BYTES:
+                    decode(batch)
+                    batch, size = [], 0
+            if batch:
+                decode(batch)
+        except _SeekFailed as exc:
+            log.debug("%s: %s; decoding keyframes the normal way", self.path, exc)
+        finally:
+            container.close()
+        return out
 
     def _convert(self, frame: Any, out: dict[int, np.ndarray], index: int) -> None:
         if self._reformatter is None:  # one reformatter per read keeps swscale's context across frames
@@ -332,7 +576,6 @@ class PyAVReader(Reader):
 
         out: dict[int, np.ndarray] = {}
         pending: set[int] = set()  # pts sent to the decoder but not yet received
-        self._decode_errors = 0
         container, used = self._take_container()
         try:
             stream = container.streams[self._stream_index]
@@ -364,7 +607,7 @@ class PyAVReader(Reader):
                     if packet.size == 0:  # end of stream: flush the decoder
                         collect(self._decode(stream, None))
                         return out
-                    position = self._pos_of_pts.get(packet.pts, position + 1)
+                    position = self._position(packet, position)
                     needed = packet.pts in want
                     if self._nonref:
                         desired = "DEFAULT" if needed else "NONREF"
@@ -412,8 +655,8 @@ class PyAVReader(Reader):
                 raise _SeekFailed(f"seek failed: {exc}") from exc
             if first is None:
                 continue
-            position = self._pos_of_pts.get(first.pts)
-            if position is not None and position <= key_position:
+            position = self._position(first, -1)
+            if first.pts in self._pos_of_pts and position <= key_position:
                 return itertools.chain([first], packets)
         raise _SeekFailed(f"could not position before packet {key_position}")
 
