@@ -8,10 +8,13 @@ A strategy is a frozen, typed configuration with three jobs: ``layout(size)`` (p
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from PIL import Image
 
 from anyres.geometry import (
     DEFAULT_INTERP_SLACK,
@@ -147,12 +150,43 @@ class Strategy:
     def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the base tile (``[S, S, 3]`` uint8) and the grid canvas (HWC uint8, or ``None``).
 
-        ``pixels`` is a PIL image (``resize_backend="pil"``) or an HWC uint8 tensor (``"torch"``).
+        ``pixels`` is a PIL image or an HWC uint8 tensor. Third-party strategies implement this (or :meth:`_pixels`).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement _render()")
 
+    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What :meth:`preprocess_batch` writes: the base tile and the grid content, HWC uint8 or float32 holding
+        integers 0..255. The content is either the whole canvas or the resized image (``layout.resized``), which
+        sits at ``layout.offsets`` on a black canvas. Defaults to :meth:`_render`."""
+        return self._render(pixels, layout)
+
     def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
         return None
+
+    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
+        """The resizes (``(from, to)``) that :meth:`_pixels` makes for an image of ``size``; ``None``: unknown."""
+        return None
+
+    def _wants_pil(self, image: Any, draft: tuple[int, int] | None) -> bool:
+        """Whether to decode with Pillow and resize there: in the exact mode, when Pillow does some resize faster
+        than the exact engine (which needs the pixels as a tensor, best decoded by torchvision for JPEG files)."""
+        from anyres import tiling
+
+        if self.resize_backend != "pil" or draft is not None:
+            return False
+        if isinstance(image, Image.Image):
+            size = ImageSize.from_pil(image.size)
+        elif isinstance(image, (str, os.PathLike)):
+            try:
+                size = ImageSize.from_pil(peek_size(image))
+            except ImageError:
+                return True  # let Pillow report the problem
+        else:
+            return False
+        resizes = self._resizes(size)
+        if resizes is None:
+            return False
+        return not all(tiling.suits_exact_engine(a, b, self.resample) for a, b in resizes if a != b)
 
     def preprocess(self, image: Any) -> Tiles:
         """Pixels for one image: float32 ``[num_tiles, 3, S, S]``, base tile first, grid tiles row-major."""
@@ -171,11 +205,11 @@ class Strategy:
                 peeked = peek_size(image)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
-            if self.resize_backend == "torch":
-                pixels, source = load_pixels(image, max_pixels=self.max_pixels, draft_size=draft)
-            else:
-                item = open_image(image, max_pixels=self.max_pixels, draft_size=draft)
+            if self._wants_pil(image, draft):
+                item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
+            else:
+                pixels, source = load_pixels(image, max_pixels=self.max_pixels, draft_size=draft)
             decoded = ImageSize(*tiling.image_size(pixels))
             loaded.append((pixels, source))
             layouts.append(self.layout(ImageSize.from_pil(peeked) if draft is not None else decoded))
@@ -185,12 +219,12 @@ class Strategy:
         start = 0
         for (pixels, source), layout in zip(loaded, layouts):
             try:
-                base, canvas = self._render(pixels, layout)
+                base, content = self._pixels(pixels, layout)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ImageError(source, f"cannot process image ({exc})") from None
-            tiling.write_tiles(out[start : start + layout.num_tiles], base, canvas, s)
+            tiles = out[start : start + layout.num_tiles]
+            tiling.write_tiles(tiles, base, content, layout, self.image_mean, self.image_std)
             start += layout.num_tiles
-        tiling.normalize_(out, self.image_mean, self.image_std)
         return TileBatch(out, tuple(layouts), tuple(source for _, source in loaded))
 
     # -- features -------------------------------------------------------------------------------------------
@@ -236,12 +270,20 @@ class PadStrategy(Strategy):
             max(1, -(-size.height * self.tile_size // side)),
         )
 
-    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
+        side = max(size)
+        return [(ImageSize(side, side), ImageSize(self.tile_size, self.tile_size))]
+
+    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
         from anyres import tiling
 
         decoded = self.layout(ImageSize(*tiling.image_size(pixels)))  # differs from `layout` in fast mode
         square = tiling.square_pad(pixels, decoded, self.fill)
-        return tiling.resize(square, self.tile_size, self.tile_size, self.resample, self.resize_backend), None
+        s = self.tile_size
+        return tiling.resize(square, s, s, self.resample, self.resize_backend, lazy=True), None
+
+    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return _materialize(self._pixels(pixels, layout)[0]), None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,15 +345,31 @@ class AnyResStrategy(Strategy):
         return (max(layout.resized.width, self.tile_size), max(layout.resized.height, self.tile_size))
 
     def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch
+
+        base, content = self._pixels(pixels, layout)
+        canvas = torch.zeros((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
+        (top, left), (rh, rw) = layout.offsets, layout.resized
+        canvas[top : top + rh, left : left + rw] = _materialize(content)
+        return _materialize(base), canvas
+
+    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
+        s = ImageSize(self.tile_size, self.tile_size)
+        side = max(size)
+        base = size if self.base_image == "squash" else ImageSize(side, side)
+        return [(base, s), (size, self.layout(size).resized)]
+
+    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
         from anyres import tiling
 
         s = self.tile_size
-        canvas = tiling.grid_canvas(pixels, layout, self.resample, self.resize_backend)
+        rh, rw = layout.resized
+        content = tiling.resize(pixels, rh, rw, self.resample, self.resize_backend, lazy=True)
         if self.base_image == "squash":
-            return tiling.resize(pixels, s, s, self.resample, self.resize_backend), canvas
+            return tiling.resize(pixels, s, s, self.resample, self.resize_backend, lazy=True), content
         pad = PadStrategy(tile_size=s, patch_size=self.patch_size, image_mean=self.image_mean)
         square = tiling.square_pad(pixels, pad.layout(ImageSize(*tiling.image_size(pixels))), pad.fill)
-        return tiling.resize(square, s, s, self.resample, self.resize_backend), canvas
+        return tiling.resize(square, s, s, self.resample, self.resize_backend, lazy=True), content
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -352,6 +410,17 @@ class HDStrategy(AnyResStrategy):
         if self.max_tiles < 1:
             raise GeometryError(f"max_tiles must be >= 1, got {self.max_tiles}")
         return tuple((p.height, p.width) for p in hd_pinpoints(self.tile_size, self.max_tiles))
+
+
+def _materialize(pixels: Any) -> torch.Tensor:
+    """HWC uint8 from a tensor of pixel values or a pending :class:`anyres.tiling.Resized`."""
+    import torch
+
+    from anyres import tiling
+
+    if isinstance(pixels, tiling.Resized):
+        pixels = pixels.materialize()
+    return pixels.to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,20 +1,24 @@
-"""Pixel side: resize, pad and tile an RGB image in uint8, then normalise once into a preallocated float buffer.
+"""Pixel side: resize HWC tensors, then write the base tile and the grid tiles, normalised, straight into the output.
 
-Sources are PIL images (the exact default: every resize is PIL's own, bit-identical to transformers' PIL image
-processors) or HWC ``uint8`` tensors (``resize_backend="torch"``: torch's antialiased uint8 kernels on channels-last
-memory for down-scaling, several times faster, documented deviation). Results are HWC uint8 tensors, written into
-the float output once and normalised in place.
+The exact default (``backend="pil"``) resizes with :mod:`anyres.resample`, a bit-identical re-implementation of
+Pillow's BICUBIC / BILINEAR filters (other filters, or an unrecognised Pillow, use Pillow itself), so the pixels are
+exactly those of transformers' PIL image processors. Its output rows are streamed into the tiles as they are
+produced. ``backend="torch"`` uses torch's antialiased uint8 kernels for down-scaling (faster, documented deviation).
+No canvas is built: every tile is written once into the preallocated float32 output, padding included, with the
+per-channel normalisation fused into that write.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from anyres import resample as _resample
 from anyres.geometry import Layout
 
 RESAMPLE = {
@@ -40,50 +44,85 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+#: The exact engine (:mod:`anyres.resample`) runs as batched matrix products; Pillow's direct loops cost in
+#: proportion to the filter length. On the machines measured the products win only for long filters, i.e. when the
+#: width shrinks at least this many times (a 1920-pixel image to a 384-pixel base tile); otherwise Pillow resizes.
+EXACT_ENGINE_MIN_SHRINK = 3.5
+
+
+@dataclass(frozen=True)
+class Resized:
+    """A pending resize of ``image`` (HWC uint8) to ``(height, width)``; :func:`write_tiles` writes it."""
+
+    image: torch.Tensor
+    height: int
+    width: int
+    resample: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+    @property
+    def streams(self) -> bool:
+        """Whether the exact engine computes this resize (else Pillow, with identical pixels)."""
+        return suits_exact_engine(self.image.shape[:2], (self.height, self.width), self.resample)
+
+    def materialize(self, pil: Image.Image | None = None) -> torch.Tensor:
+        """The resized image as an HWC tensor (float32 integers from the exact engine, or uint8 from Pillow)."""
+        if self.streams:
+            exact = _resample.resize(self.image, self.height, self.width, self.resample)
+            if exact is not None:
+                return exact
+        if pil is None:
+            pil = Image.fromarray(np.ascontiguousarray(self.image.numpy()), "RGB")
+        return from_pil(pil.resize((self.width, self.height), RESAMPLE[self.resample]))
+
+
+def suits_exact_engine(in_size: Sequence[int], out_size: Sequence[int], resample: str) -> bool:
+    """Whether the exact engine should resize ``(H, W)`` to ``(h, w)`` (else Pillow; the pixels are identical)."""
+    (in_h, in_w), (out_h, out_w) = in_size, out_size
+    return resample in _resample.SUPPORTED and in_w >= EXACT_ENGINE_MIN_SHRINK * out_w and in_h >= out_h
+
+
 def resize(
-    image: Image.Image | torch.Tensor, height: int, width: int, resample: str, backend: str = "pil"
-) -> torch.Tensor:
-    """Resize a PIL image or an HWC uint8 tensor to ``(height, width)``; returns HWC uint8.
+    image: Image.Image | torch.Tensor,
+    height: int,
+    width: int,
+    resample: str,
+    backend: str = "pil",
+    *,
+    lazy: bool = False,
+) -> torch.Tensor | Resized:
+    """Resize a PIL image or an HWC uint8 tensor to ``(height, width)``.
 
-    ``backend="pil"`` (the default) is bit-identical to transformers' PIL image processors. ``backend="torch"``
-    uses torch's antialiased uint8 kernels for down-scaling (several times faster; PIL may run its two separable
-    passes in the other order, so sharp edges can differ by a few levels); up-scaling always uses PIL.
+    Returns an HWC tensor of pixel values 0..255 (uint8, or float32 holding integers), or with ``lazy=True`` a
+    :class:`Resized` that :func:`write_tiles` computes (for tensors). ``backend="pil"`` (the default) is
+    bit-identical to Pillow's ``Image.resize``: PIL images are resized by Pillow, tensors by Pillow or the exact
+    engine (see :func:`suits_exact_engine`). ``backend="torch"`` uses torch's antialiased uint8 kernels for
+    down-scaling (several times faster; it always runs the horizontal pass first and rounds its weights to 16 bits,
+    so sharp edges can differ by a few levels); up-scaling stays exact.
     """
+    size = image_size(image)
+    if size == (height, width):
+        return from_pil(image) if isinstance(image, Image.Image) else image
+    shrink = height <= size[0] and width <= size[1]
+    if backend == "torch" and resample in _TORCH_MODES and shrink:
+        if isinstance(image, Image.Image):
+            image = from_pil(image)
+        if not image.is_contiguous():
+            image = image.contiguous()
+        chw = image.permute(2, 0, 1)[None]  # channels-last NCHW view: the fast uint8 path
+        out = torch.nn.functional.interpolate(
+            chw, size=(height, width), mode=_TORCH_MODES[resample], antialias=True, align_corners=False
+        )
+        return out[0].permute(1, 2, 0)
     if isinstance(image, Image.Image):
-        if image.size == (width, height):
-            return from_pil(image)
-        if (
-            backend == "torch"
-            and resample in _TORCH_MODES
-            and height <= image.height
-            and width <= image.width
-        ):
-            return resize(from_pil(image), height, width, resample, backend)
-        return from_pil(image.resize((width, height), RESAMPLE[resample]))
-    if tuple(image.shape[:2]) == (height, width):
-        return image
-    mode = _TORCH_MODES.get(resample) if backend == "torch" else None
-    if mode is None or height > image.shape[0] or width > image.shape[1]:
-        pil = Image.fromarray(np.ascontiguousarray(image.numpy()), "RGB")
-        return from_pil(pil.resize((width, height), RESAMPLE[resample]))
-    if not image.is_contiguous():
-        image = image.contiguous()
-    chw = image.permute(2, 0, 1)[None]  # channels-last NCHW view: the fast uint8 path
-    out = torch.nn.functional.interpolate(
-        chw, size=(height, width), mode=mode, antialias=True, align_corners=False
-    )
-    return out[0].permute(1, 2, 0)
-
-
-def grid_canvas(
-    image: Image.Image | torch.Tensor, layout: Layout, resample: str, backend: str = "pil"
-) -> torch.Tensor:
-    """The black-padded ``canvas`` (HWC uint8) with the aspect-preserving resize pasted at the layout's offsets."""
-    canvas = torch.zeros((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
-    rh, rw = layout.resized
-    top, left = layout.offsets
-    canvas[top : top + rh, left : left + rw] = resize(image, rh, rw, resample, backend)
-    return canvas
+        if not suits_exact_engine(size, (height, width), resample):
+            return from_pil(image.resize((width, height), RESAMPLE[resample]))
+        image = from_pil(image)
+    pending = Resized(image, height, width, resample)
+    return pending if lazy else pending.materialize()
 
 
 def square_pad(
@@ -109,20 +148,138 @@ def image_size(image: Image.Image | torch.Tensor) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-def write_tiles(out: torch.Tensor, base: torch.Tensor, canvas: torch.Tensor | None, tile: int) -> None:
-    """Copy the base tile and the grid tiles (row-major) of ``canvas`` into ``out`` ``[N, 3, tile, tile]``.
+def grid_canvas(
+    image: Image.Image | torch.Tensor, layout: Layout, resample: str, backend: str = "pil"
+) -> torch.Tensor:
+    """The black-padded ``canvas`` (HWC uint8) with the aspect-preserving resize pasted at the layout's offsets.
 
-    One strided uint8 -> float32 copy per source; normalisation happens afterwards in place, once.
+    (Preprocessing writes the tiles directly without building it; this is the reference picture of what they hold.)
     """
-    out[0].copy_(base.permute(2, 0, 1))
-    if canvas is not None:
-        rows, cols = canvas.shape[0] // tile, canvas.shape[1] // tile
-        src = canvas.view(rows, tile, cols, tile, 3).permute(0, 2, 4, 1, 3)
-        out[1:].view(rows, cols, 3, tile, tile).copy_(src)
+    canvas = torch.zeros((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
+    rh, rw = layout.resized
+    top, left = layout.offsets
+    canvas[top : top + rh, left : left + rw] = resize(image, rh, rw, resample, backend).to(torch.uint8)
+    return canvas
 
 
-def normalize_(out: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
-    """In place: ``(x / 255 - mean) / std`` per channel on ``[N, 3, H, W]`` float32."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, 3, 1, 1)
-    out.mul_(scale).add_(shift)
+class _Tiles:
+    """Writes pixel rows of an image placed at ``(top, left)`` on a black canvas into the ``[n, 3, S, S]`` tiles
+    (row-major grid of ``cols`` columns), normalised with the per-channel ``shift + scale * x``."""
+
+    def __init__(self, tiles: torch.Tensor, cols: int, top: int, left: int, mean, std):
+        self.tiles, self.cols, self.top, self.left = tiles, cols, top, left
+        self.size = int(tiles.shape[-1])
+        self.affine = [
+            (torch.tensor(-m / s, dtype=torch.float32), 1.0 / (255.0 * s)) for m, s in zip(mean, std)
+        ]
+        self.planar = np.empty(0, np.uint8)
+
+    def pad(self, height: int, width: int) -> None:
+        """Fill every tile area outside the ``height x width`` image with normalised black."""
+        s = self.size
+        for index in range(self.tiles.shape[0]):
+            ty, tx = divmod(index, self.cols)
+            y0, y1 = max(ty * s, self.top), min((ty + 1) * s, self.top + height)
+            x0, x1 = max(tx * s, self.left), min((tx + 1) * s, self.left + width)
+            tile = self.tiles[index]
+            if y1 <= y0 or x1 <= x0:
+                bands = [(0, s, 0, s)]
+            else:
+                y0, y1, x0, x1 = y0 - ty * s, y1 - ty * s, x0 - tx * s, x1 - tx * s
+                bands = [(0, y0, 0, s), (y1, s, 0, s), (y0, y1, 0, x0), (y0, y1, x1, s)]
+            for a, b, c0, c1 in bands:
+                if b > a and c1 > c0:
+                    for c, (shift, _) in enumerate(self.affine):
+                        tile[c, a:b, c0:c1].fill_(shift)
+
+    def _pieces(self, y0: int, n: int, width: int):
+        """``(tile, tile_rows, tile_cols, src_rows, src_cols)`` for image rows ``y0:y0 + n`` of an image of ``width``."""
+        s = self.size
+        y = y0
+        while y < y0 + n:
+            cy = self.top + y
+            ty = cy // s
+            rows = min(y0 + n, (ty + 1) * s - self.top) - y
+            for tx in range(self.left // s, (self.left + width - 1) // s + 1):
+                x0, x1 = max(tx * s, self.left), min((tx + 1) * s, self.left + width)
+                yield (
+                    self.tiles[ty * self.cols + tx],
+                    slice(cy - ty * s, cy - ty * s + rows),
+                    slice(x0 - tx * s, x1 - tx * s),
+                    slice(y - y0, y - y0 + rows),
+                    slice(x0 - self.left, x1 - self.left),
+                )
+            y += rows
+
+    def float_rows(self, y0: int, rows: torch.Tensor, width: int) -> None:
+        """Image rows ``y0:`` given as float32 ``[n, >= width * 3]`` (interleaved RGB)."""
+        hwc = rows[:, : width * 3].view(rows.shape[0], width, 3)
+        for tile, trows, tcols, srows, scols in self._pieces(y0, rows.shape[0], width):
+            for c, (shift, scale) in enumerate(self.affine):
+                torch.add(shift, hwc[srows, scols, c], alpha=scale, out=tile[c, trows, tcols])
+
+    def byte_rows(self, y0: int, hwc: torch.Tensor) -> None:
+        """Image rows ``y0:`` given as HWC uint8: de-interleaved with numpy (fast for bytes), then converted."""
+        array = hwc.numpy()
+        for tile, trows, tcols, srows, scols in self._pieces(y0, hwc.shape[0], hwc.shape[1]):
+            dst = tile[:, trows, tcols]
+            h, w = dst.shape[1], dst.shape[2]
+            if self.planar.size < 3 * h * w:
+                self.planar = np.empty(3 * h * w, np.uint8)
+            planar = self.planar[: 3 * h * w].reshape(3, h, w)
+            np.copyto(planar, array[srows, scols].transpose(2, 0, 1))
+            dst.copy_(torch.from_numpy(planar))
+            for c, (shift, scale) in enumerate(self.affine):
+                torch.add(shift, dst[c], alpha=scale, out=dst[c])
+
+    def write(self, content: torch.Tensor | Resized) -> None:
+        if isinstance(content, Resized):
+            content = content.materialize()
+        if content.dtype == torch.uint8:
+            self.byte_rows(0, content)
+        else:
+            self.float_rows(0, content.reshape(content.shape[0], -1), int(content.shape[1]))
+
+
+def write_tiles(
+    out: torch.Tensor,
+    base: torch.Tensor | Resized,
+    content: torch.Tensor | Resized | None,
+    layout: Layout,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """Fill ``out`` ``[N, 3, S, S]``: the base tile, then the grid tiles (row-major) of the black-padded canvas that
+    holds ``content`` (HWC: the resized image, placed at ``layout.offsets``, or the whole canvas); normalised as
+    ``(x / 255 - mean) / std``. Tensors hold pixel values 0..255 (uint8 or float32). The :class:`Resized` items of
+    one source are all streamed by the exact engine in one pass over its rows when it suits them all, else all done
+    by Pillow from one conversion of the source."""
+    parts = [(_Tiles(out[:1], 1, 0, 0, mean, std), base)]
+    if content is not None:
+        rh, rw = int(content.shape[0]), int(content.shape[1])
+        top, left = (0, 0) if (rh, rw) == tuple(layout.canvas) else layout.offsets
+        grid = _Tiles(out[1:], layout.grid.cols, top, left, mean, std)
+        grid.pad(rh, rw)
+        parts.append((grid, content))
+    pending = [(tiles, item) for tiles, item in parts if isinstance(item, Resized)]
+    for source in {id(item.image): item.image for _, item in pending}.values():
+        jobs = [(tiles, item) for tiles, item in pending if item.image is source]
+        if all(item.streams for _, item in jobs):  # one pass over the source rows, streamed into the tiles
+            targets = [
+                (item.height, item.width, item.resample, _sink(tiles, item.width)) for tiles, item in jobs
+            ]
+            if all(_resample.stream(source, targets)):
+                continue
+        pil = Image.fromarray(np.ascontiguousarray(source.numpy()), "RGB")  # one conversion for every resize
+        for tiles, item in jobs:
+            tiles.write(from_pil(pil.resize((item.width, item.height), RESAMPLE[item.resample])))
+    for tiles, item in parts:
+        if not isinstance(item, Resized):
+            tiles.write(item)
+
+
+def _sink(tiles: _Tiles, width: int):
+    def sink(y0: int, rows: torch.Tensor) -> None:
+        tiles.float_rows(y0, rows, width)
+
+    return sink
