@@ -1,8 +1,9 @@
 """A procedurally generated, seeded dataset whose answers need resolution (or not), for the CPU demo.
 
-* **Single images** (192x192 by default): a big coloured shape on a grey background (coarse questions: its colour,
-  its kind) and a small box holding a 1-pixel pattern (detail question: ``lines``, ``bars`` or ``checks``). At base
-  resolution (one 64 px tile, a 3x squash) every pattern averages to the same grey; AnyRes tiles keep every pixel.
+* **Single images** (128x128 by default): a big coloured shape on a grey background (coarse question: its colour),
+  the whole picture striped with a 1-pixel pattern (detail question: ``lines``, ``bars`` or ``checks``). At
+  base resolution (one 64 px tile, a 2x bicubic squash) the three patterns become exactly the same flat colour --
+  a period-2 pattern has no energy left after a 2x antialiased downscale -- while AnyRes tiles keep every pixel.
 * **Multi-image** samples: two or three such images, "what colour is the shape in the second image?" (coarse).
 * **Videos** (PyAV-encoded H.264, 8 frames): a square flashes in colours over time; "which colour appears first?"
   and "how many times does the square flash?".
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40)}
+#: channel values stay within [56, 200] so that adding the +-48 pattern never clips (clipping would leak the pattern
+#: into the base-resolution view)
+COLOURS = {"red": (200, 56, 56), "green": (56, 176, 72), "blue": (60, 88, 200), "yellow": (200, 190, 56)}
 SHAPES = ("circle", "square", "triangle")
 PATTERNS = ("lines", "bars", "checks")
 COUNTS = {1: "one", 2: "two", 3: "three"}
@@ -30,9 +33,8 @@ ORDINALS = ("first", "second", "third")
 
 #: question type of every question template (detail needs resolution; coarse does not)
 QUESTIONS = {
-    "pattern": ("detail", "What pattern is in the small box?"),
-    "colour": ("coarse", "What color is the big shape?"),
-    "shape": ("coarse", "What shape is the big shape?"),
+    "pattern": ("detail", "What pattern covers the picture?"),
+    "colour": ("coarse", "What color is the shape?"),
     "multi_colour": ("coarse", "What color is the shape in the {ordinal} image?"),
     "first_colour": ("coarse", "Which color appears first?"),
     "flashes": ("coarse", "How many times does the square flash?"),
@@ -41,7 +43,6 @@ QUESTIONS = {
 ANSWERS = {
     "pattern": PATTERNS,
     "colour": tuple(COLOURS),
-    "shape": SHAPES,
     "multi_colour": tuple(COLOURS),
     "first_colour": tuple(COLOURS),
     "flashes": tuple(COUNTS.values()),
@@ -53,13 +54,13 @@ class DemoDataSpec:
     """Sizes of the generated dataset (``quick`` shrinks everything for tests)."""
 
     seed: int = 0
-    image_size: int = 192
-    box_size: int = 32
-    video_size: int = 64
+    image_size: int = 128
+    pattern_contrast: int = 48
+    video_size: int = 32
     video_frames: int = 8
     train_single: int = 1200
-    train_multi: int = 240
-    train_video: int = 240
+    train_multi: int = 360
+    train_video: int = 960
     train_captions: int = 600
     eval_per_question: int = 100
 
@@ -68,10 +69,10 @@ class DemoDataSpec:
         return cls(
             seed=seed,
             train_single=360,
-            train_multi=80,
-            train_video=80,
+            train_multi=120,
+            train_video=240,
             train_captions=160,
-            eval_per_question=40,
+            eval_per_question=30,
         )
 
 
@@ -83,14 +84,14 @@ class SceneInfo:
 
 
 def draw_scene(rng: np.random.Generator, spec: DemoDataSpec) -> tuple[Image.Image, SceneInfo]:
-    """One single image: a big shape (colour, kind) and a small box with a 1-pixel pattern."""
-    size, box = spec.image_size, spec.box_size
+    """One single image: a big coloured shape on grey, the whole picture striped with a 1-pixel pattern."""
+    size = spec.image_size
     grey = int(rng.integers(90, 160))
     img = Image.new("RGB", (size, size), (grey, grey, grey))
     draw = ImageDraw.Draw(img)
     colour = str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(SHAPES))
-    r = int(rng.integers(size // 6, size // 4))
+    r = int(rng.integers(size // 5, size // 3))
     cx, cy = int(rng.integers(r, size - r)), int(rng.integers(r, size - r))
     fill = COLOURS[colour]
     if shape == "circle":
@@ -100,24 +101,29 @@ def draw_scene(rng: np.random.Generator, spec: DemoDataSpec) -> tuple[Image.Imag
     else:
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
     pattern = str(rng.choice(PATTERNS))
-    x0, y0 = int(rng.integers(0, size - box)), int(rng.integers(0, size - box))
-    arr = np.array(img)
-    arr[y0 : y0 + box, x0 : x0 + box] = pattern_box(pattern, box)[:, :, None]
-    return Image.fromarray(arr), SceneInfo(colour, shape, pattern)
+    stripes = np.rint(pattern_bits(pattern, size) * pattern_envelope(size) * spec.pattern_contrast)
+    arr = np.asarray(img, dtype=np.int16) + stripes.astype(np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), SceneInfo(colour, shape, pattern)
 
 
-def pattern_box(pattern: str, box: int) -> np.ndarray:
-    """A ``box`` x ``box`` grey patch of 1-pixel ``lines``, ``bars`` or ``checks`` around mid-grey.
+def pattern_envelope(size: int, margin: int = 4, ramp: int = 16) -> np.ndarray:
+    """Pattern amplitude per pixel, ``[size, size, 1]`` in 0..1: zero in a ``margin`` along the border, then a cosine
+    ramp over ``ramp`` pixels. A hard pattern edge would survive the base-resolution squash (the resampling windows
+    there are cut off or straddle the edge) and leak the answer; the ramp keeps that leak within one uint8 level."""
+    d = np.minimum(np.arange(size), size - 1 - np.arange(size)).astype(np.float64)
+    ramp_1d = 0.5 - 0.5 * np.cos(np.pi * np.clip((d - margin + 0.5) / ramp, 0.0, 1.0))
+    return np.minimum.outer(ramp_1d, ramp_1d)[:, :, None]
 
-    The pattern's amplitude tapers to zero at the border, so it has no low-frequency content at all: squashed to
-    a third of its size (the base-resolution view) every pattern becomes the same flat grey patch.
+
+def pattern_bits(pattern: str, size: int) -> np.ndarray:
+    """``+1/-1`` per pixel for 1-pixel ``lines`` (horizontal), ``bars`` (vertical) or ``checks``, as ``[size, size, 1]``.
+
+    The phase is tied to the image's pixel grid, and every pattern has the same mean: after a 2x antialiased
+    downscale (the base-resolution view) the three are indistinguishable.
     """
-    yy, xx = np.mgrid[0:box, 0:box]
+    yy, xx = np.mgrid[0:size, 0:size]
     bits = {"lines": yy % 2, "bars": xx % 2, "checks": (xx + yy) % 2}[pattern]
-    ramp = np.minimum(np.arange(box) + 0.5, box - np.arange(box) - 0.5) / 4.0
-    taper = np.sin(np.clip(ramp, 0.0, 1.0) * np.pi / 2) ** 2
-    envelope = taper[:, None] * taper[None, :]
-    return np.round(128 + 127 * envelope * (2 * bits - 1)).astype(np.uint8)
+    return (2 * bits - 1).astype(np.int16)[:, :, None]
 
 
 def write_video(path: Path, rng: np.random.Generator, spec: DemoDataSpec) -> tuple[str, int]:
@@ -166,7 +172,7 @@ def _records(root: Path, split: str, spec: DemoDataSpec, rng: np.random.Generato
     n_single = spec.train_single if train else spec.eval_per_question
     for _ in range(spec.train_captions if train else 0):
         img, info = draw_scene(rng, spec)
-        caption = f"A {info.colour} {info.shape} and a box of {info.pattern}."
+        caption = f"A {info.colour} {info.shape} on {info.pattern}."
         out["captions"].append(
             {
                 "id": f"cap{len(out['captions'])}",
@@ -174,10 +180,10 @@ def _records(root: Path, split: str, spec: DemoDataSpec, rng: np.random.Generato
                 "conversations": _turns("", caption, "<image>"),
             }
         )
-    for i in range(n_single if train else n_single * 3):
+    for i in range(n_single if train else n_single * 2):
         img, info = draw_scene(rng, spec)
-        kind = ("pattern", "colour", "shape")[i % 3]
-        answer = {"pattern": info.pattern, "colour": info.colour, "shape": info.shape}[kind]
+        kind = ("pattern", "colour")[i % 2]
+        answer = {"pattern": info.pattern, "colour": info.colour}[kind]
         out["single"].append(
             {
                 "id": f"{split}-single-{i}",
@@ -231,12 +237,17 @@ def generate(root: str | os.PathLike, spec: DemoDataSpec | None = None) -> Path:
                 with open(root / f"{split}_{name}.jsonl", "w") as fh:
                     fh.writelines(json.dumps(r) + "\n" for r in records)
     mixtures = {
-        "stage1.yaml": ["train_captions.jsonl"],
-        "single_image.yaml": ["train_single.jsonl"],
-        "onevision.yaml": ["train_single.jsonl", "train_multi.jsonl", "train_video.jsonl"],
+        "stage1.yaml": [("train_captions.jsonl", "all")],
+        "single_image.yaml": [("train_single.jsonl", "all")],
+        # OneVision stage: half of the single-image questions keep them fresh while multi-image and video arrive
+        "onevision.yaml": [
+            ("train_single.jsonl", "random:50%"),
+            ("train_multi.jsonl", "all"),
+            ("train_video.jsonl", "all"),
+        ],
     }
     for name, files in mixtures.items():
-        lines = ["datasets:"] + [f"  - json_path: {f}\n    sampling_strategy: all" for f in files]
+        lines = ["datasets:"] + [f"  - json_path: {f}\n    sampling_strategy: {how}" for f, how in files]
         (root / name).write_text("\n".join(lines) + "\n")
     marker.write_text(json.dumps(asdict(spec), indent=2))
     return root

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,21 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_losses(runs: Path, variants: Sequence[str], stages: Sequence[str], out: Path) -> Path:
-    """Training loss per optimizer step, stages concatenated, one line per variant (a PNG)."""
+def plot_losses(stage_dirs: dict[str, list[tuple[str, Path]]], out: Path) -> Path:
+    """Training loss per optimizer step, stages concatenated, one line per variant (a PNG).
+
+    ``stage_dirs`` maps each variant to its ``(stage name, run directory)`` pairs in curriculum order.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for variant in variants:
+    for variant, stages in stage_dirs.items():
         xs, ys, offset, bounds = [], [], 0, []
-        for stage in stages:
-            records = [r for r in _metrics(runs / variant / stage / "metrics.jsonl") if "loss" in r]
+        for stage, directory in stages:
+            records = [r for r in _metrics(directory / "metrics.jsonl") if "loss" in r]
             for r in records:
                 xs.append(offset + int(r.get("step", 0)))
                 ys.append(float(r["loss"]))
@@ -47,21 +49,22 @@ def plot_losses(runs: Path, variants: Sequence[str], stages: Sequence[str], out:
     return out
 
 
-def write_layout(data_root: Path, out: Path) -> Path:
-    """How one demo image is seen by AnyRes-Max (tiles) and at base resolution (one squashed tile)."""
+def write_layout(data_root: Path, strategies: list[Any], out: Path) -> Path:
+    """How one demo image is seen by each variant's single-image strategy, side by side."""
     from PIL import Image
 
     import anyres
 
     record = json.loads((data_root / "eval_single.jsonl").read_text().splitlines()[0])
     image = data_root / "images" / record["image"]
-    tiled = anyres.draw_layout(
-        image, anyres.get_strategy("anyres_max_9", tile_size=64, patch_size=8), max_side=384
-    )
-    base = anyres.draw_layout(image, anyres.get_strategy("pad", tile_size=64, patch_size=8), max_side=384)
-    canvas = Image.new("RGB", (tiled.width + base.width + 24, max(tiled.height, base.height)), "white")
-    canvas.paste(tiled, (0, 0))
-    canvas.paste(base, (tiled.width + 24, 0))
+    panels = [anyres.draw_layout(image, strategy, max_side=384) for strategy in strategies]
+    gap = 24
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, max(p.height for p in panels)), "white")
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + gap
     canvas.save(out)
     return out
 
@@ -96,25 +99,22 @@ def chat_examples(model_dir: Path, data_root: Path, out: Path) -> Path:
     """Answer one image, two images and one video through the real ``onevision chat`` command."""
     from onevision.cli import main
 
-    single = json.loads((data_root / "eval_single.jsonl").read_text().splitlines()[0])
-    multi = json.loads((data_root / "eval_multi.jsonl").read_text().splitlines()[0])
-    clip = json.loads((data_root / "eval_video.jsonl").read_text().splitlines()[0])
-    calls = [
-        ["--image", str(data_root / "images" / single["image"]), "What color is the big shape?"],
-        [
-            *[arg for p in multi["image"][:2] for arg in ("--image", str(data_root / "images" / p))],
-            "What color is the shape in the second image?",
-        ],
-        ["--video", str(data_root / "videos" / clip["video"]), "Which color appears first?"],
-    ]
     transcript = []
-    for args in calls:
-        command = ["chat", "--model", str(model_dir), "--max-new-tokens", "4", *args]
+    for name in ("eval_single.jsonl", "eval_multi.jsonl", "eval_video.jsonl"):
+        record = json.loads((data_root / name).read_text().splitlines()[0])  # its own held-out question
+        question = record["conversations"][0]["value"].split("\n", 1)[1]  # without the media tags
+        expected = record["conversations"][1]["value"]
+        if "video" in record:
+            media = ["--video", str(data_root / "videos" / record["video"])]
+        else:
+            images = record["image"] if isinstance(record["image"], list) else [record["image"]]
+            media = [arg for p in images for arg in ("--image", str(data_root / "images" / p))]
+        command = ["chat", "--model", str(model_dir), "--max-new-tokens", "4", *media, question]
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             code = main(command)
         answer = buffer.getvalue().strip()
-        transcript.append(f"$ onevision {' '.join(command)}\n{answer}\n(exit {code})\n")
-        print(f"$ onevision {' '.join(command)}\n  -> {answer}", flush=True)
+        transcript.append(f"$ onevision {' '.join(command)}\n{answer}\n(exit {code}; expected: {expected})\n")
+        print(f"$ onevision {' '.join(command)}\n  -> {answer}   (expected: {expected})", flush=True)
     out.write_text("\n".join(transcript))
     return out

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 import anyres
-from onevision.demo.data import ANSWERS, PATTERNS, QUESTIONS, DemoDataSpec, generate, iter_eval, pattern_box
+from onevision.demo.data import (
+    ANSWERS,
+    COLOURS,
+    PATTERNS,
+    QUESTIONS,
+    DemoDataSpec,
+    generate,
+    iter_eval,
+    pattern_bits,
+    pattern_envelope,
+)
 
 TINY = DemoDataSpec(
     seed=3, train_single=9, train_multi=3, train_video=4, train_captions=3, eval_per_question=3
@@ -72,15 +82,29 @@ def test_videos_decode_to_the_encoded_events(dataset):
 
 
 def test_patterns_vanish_at_base_resolution_but_not_in_tiles():
-    pad = anyres.get_strategy("pad", tile_size=64, patch_size=8)
-    tiled = anyres.get_strategy("anyres_max_9", tile_size=64, patch_size=8)
+    """The same scene under each pattern: within one uint8 level at base resolution, very different in the tiles."""
+    from onevision.train import load_recipe
+
+    spec = DemoDataSpec()
+    visual = load_recipe("demo/stage1.yaml").visual
+    pad = anyres.get_strategy("pad", tile_size=visual.tile_size, patch_size=visual.patch_size)
+    tiled = anyres.get_strategy("anyres_max_9", tile_size=visual.tile_size, patch_size=visual.patch_size)
+    scene = np.full((spec.image_size, spec.image_size, 3), 128, np.int16)
+    scene[30:90, 40:100] = COLOURS["red"]  # a big square
+    scene[8:20, 70:124] = COLOURS["yellow"]  # a shape reaching into the pattern's border ramp
+    envelope = pattern_envelope(spec.image_size)
     base, full = [], []
     for pattern in PATTERNS:
-        canvas = np.full((192, 192, 3), 120, np.uint8)
-        canvas[61:85, 60:84] = pattern_box(pattern, 24)[:, :, None]
-        base.append(pad.preprocess(canvas).pixel_values)
-        full.append(tiled.preprocess(canvas).pixel_values[1:])
+        stripes = np.rint(pattern_bits(pattern, spec.image_size) * envelope * spec.pattern_contrast)
+        striped = scene + stripes.astype(np.int16)
+        assert striped.min() >= 0 and striped.max() <= 255  # no clipping
+        image = striped.astype(np.uint8)
+        base.append(pad.preprocess(image).pixel_values)
+        full.append(tiled.preprocess(image).pixel_values[1:])  # the grid tiles (the base tile is first)
+    assert tiled.layout(anyres.ImageSize(spec.image_size, spec.image_size)).grid == (2, 2)
     for i in range(3):
         for j in range(i + 1, 3):
-            assert (base[i] - base[j]).abs().max().item() * 127.5 <= 5  # a few levels: no usable signal
-            assert (full[i] - full[j]).abs().max().item() * 127.5 > 200
+            levels = (base[i] - base[j]).abs() * 127.5  # uint8 levels in the base-resolution view
+            assert levels.max().item() <= 1.01  # ... at most one level, in the border ramp only
+            assert (levels > 0.5).float().mean().item() < 0.02
+            assert (full[i] - full[j]).abs().max().item() * 127.5 > 2 * spec.pattern_contrast - 2
