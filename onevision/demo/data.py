@@ -83,13 +83,18 @@ class SceneInfo:
     pattern: str
 
 
-def draw_scene(rng: np.random.Generator, spec: DemoDataSpec) -> tuple[Image.Image, SceneInfo]:
-    """One single image: a big coloured shape on grey, the whole picture striped with a 1-pixel pattern."""
+def draw_scene(
+    rng: np.random.Generator, spec: DemoDataSpec, colour: str | None = None, pattern: str | None = None
+) -> tuple[Image.Image, SceneInfo]:
+    """One single image: a big coloured shape on grey, the whole picture striped with a 1-pixel pattern.
+
+    ``colour`` and ``pattern`` are drawn at random unless given (the held-out questions cycle through them, so
+    every answer is equally frequent and chance is also the best constant guess)."""
     size = spec.image_size
     grey = int(rng.integers(90, 160))
     img = Image.new("RGB", (size, size), (grey, grey, grey))
     draw = ImageDraw.Draw(img)
-    colour = str(rng.choice(list(COLOURS)))
+    colour = colour or str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(SHAPES))
     r = int(rng.integers(size // 5, size // 3))
     cx, cy = int(rng.integers(r, size - r)), int(rng.integers(r, size - r))
@@ -100,7 +105,7 @@ def draw_scene(rng: np.random.Generator, spec: DemoDataSpec) -> tuple[Image.Imag
         draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    pattern = str(rng.choice(PATTERNS))
+    pattern = pattern or str(rng.choice(PATTERNS))
     stripes = np.rint(pattern_bits(pattern, size) * pattern_envelope(size) * spec.pattern_contrast)
     arr = np.asarray(img, dtype=np.int16) + stripes.astype(np.int16)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), SceneInfo(colour, shape, pattern)
@@ -181,8 +186,13 @@ def _records(root: Path, split: str, spec: DemoDataSpec, rng: np.random.Generato
             }
         )
     for i in range(n_single if train else n_single * 2):
-        img, info = draw_scene(rng, spec)
         kind = ("pattern", "colour")[i % 2]
+        if train:
+            img, info = draw_scene(rng, spec)
+        else:  # held-out answers cycle (equally frequent); the other attribute stays random
+            j = i // 2
+            given = {"pattern": PATTERNS[j % 3]} if kind == "pattern" else {"colour": list(COLOURS)[j % 4]}
+            img, info = draw_scene(rng, spec, **given)
         answer = {"pattern": info.pattern, "colour": info.colour}[kind]
         out["single"].append(
             {

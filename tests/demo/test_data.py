@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -64,6 +65,16 @@ def test_llava_jsonl_and_mixtures(dataset):
     assert "train_video.jsonl" in (dataset / "onevision.yaml").read_text()
     kinds = {r["question_type"] for r in iter_eval(dataset)}
     assert kinds == set(QUESTIONS)
+
+
+def test_held_out_single_image_answers_are_balanced(tmp_path):
+    root = generate(tmp_path, DemoDataSpec(**{**TINY.__dict__, "eval_per_question": 12}))
+    answers: dict[str, Counter] = {"pattern": Counter(), "colour": Counter()}
+    for record in iter_eval(root):
+        if record["question_type"] in answers:
+            answers[record["question_type"]][record["conversations"][1]["value"]] += 1
+    assert answers["pattern"] == Counter({p: 4 for p in PATTERNS})
+    assert answers["colour"] == Counter({c: 3 for c in COLOURS})
 
 
 def test_videos_decode_to_the_encoded_events(dataset):
