@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SampleTable", "mp4_rotation", "mp4_sample_table"]
+__all__ = ["SampleTable", "mp4_rotation", "mp4_sample_table", "read_moov"]
 
 _MAX_MOOV_BYTES = 256 * 2**20
 _MAX_SAMPLES = 2**26  # about 620 hours at 30 fps; more is a corrupt table
@@ -43,6 +43,14 @@ def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tupl
             return
         yield kind, pos + header, pos + size
         pos += size
+
+
+def read_moov(path: str | os.PathLike[str]) -> bytes | None:
+    """The payload of the file's top-level ``moov`` box (read once, parsed by the functions below), or ``None``."""
+    try:
+        return _read_moov(path)
+    except OSError:
+        return None
 
 
 def _read_moov(path: str | os.PathLike[str]) -> bytes | None:
@@ -88,12 +96,8 @@ def _tkhd_rotation(data: bytes, start: int, end: int) -> int | None:
     return 180 if degrees == -180 else degrees
 
 
-def mp4_rotation(path: str | os.PathLike[str]) -> int | None:
+def mp4_rotation(moov: bytes | None) -> int | None:
     """Counter-clockwise rotation in degrees of the first video track, or ``None`` if it cannot be read."""
-    try:
-        moov = _read_moov(path)
-    except OSError:
-        return None
     if not moov:
         return None
     for kind, start, end in _boxes(moov):
@@ -195,16 +199,12 @@ def _sample_table(moov: bytes, stbl: tuple[int, int]) -> SampleTable | None:
     return SampleTable(offsets=offsets, sizes=sizes, composition=composition)
 
 
-def mp4_sample_table(path: str | os.PathLike[str], track_id: int) -> SampleTable | None:
+def mp4_sample_table(moov: bytes | None, track_id: int) -> SampleTable | None:
     """The sample table of the track with ``track_id`` (``tkhd``), or ``None`` if it cannot be read simply.
 
     ``None`` for fragmented files (their samples live in ``moof`` boxes), compact sample sizes (``stz2``),
     malformed or inconsistent tables: callers then fall back to demuxing.
     """
-    try:
-        moov = _read_moov(path)
-    except OSError:
-        return None
     if not moov:
         return None
     try:

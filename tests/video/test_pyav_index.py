@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import video
-from video._mp4 import mp4_sample_table
+from video._mp4 import mp4_sample_table, read_moov
 from video.backends.base import OpenOptions
 from video.backends.pyav import PyAVBackend, PyAVReader
 from video.limits import Deadline
@@ -39,7 +39,7 @@ def _open(path: Path) -> PyAVReader:
 
 def _open_demuxing(path: Path, monkeypatch: pytest.MonkeyPatch) -> PyAVReader:
     with monkeypatch.context() as patch:
-        patch.setattr(PyAVReader, "_sample_tables", lambda self, stream: None)
+        patch.setattr(PyAVReader, "_sample_tables", lambda self, stream, moov: None)
         return _open(path)
 
 
@@ -140,7 +140,7 @@ def test_edit_list_discarded_frames_are_not_frames(trimmed: Path) -> None:
     "spec", [video.Sampling(num_frames=9), video.Sampling(num_frames=4, mode="keyframes")]
 )
 def test_fragmented_mp4_is_indexed_by_demuxing(fragmented: Path, spec: video.Sampling) -> None:
-    assert mp4_sample_table(fragmented, 1) is None  # samples live in moof boxes
+    assert mp4_sample_table(read_moov(fragmented), 1) is None  # samples live in moof boxes
     with _open(fragmented) as reader:
         assert reader._sample_pos is None and reader.num_frames == 60
     reference = decode_all(fragmented)
@@ -177,10 +177,10 @@ def test_sample_table_matches_ffmpeg_index(clip_name: str, request: pytest.Fixtu
         stream = container.streams.video[0]
         # read the entries before demuxing: they point into FFmpeg's index, which demuxing may reallocate
         entries = [(e.pos, e.size, e.timestamp) for e in stream.index_entries]
-        table = mp4_sample_table(path, stream.id)
+        table = mp4_sample_table(read_moov(path), stream.id)
         packets = [p for p in container.demux(stream) if p.size]
     assert table is not None and len(table.offsets) == len(entries) == len(packets)
     assert table.offsets.tolist() == [e[0] for e in entries] == [p.pos for p in packets]
     assert table.sizes.tolist() == [e[1] for e in entries] == [p.size for p in packets]
     assert [e[2] + c for e, c in zip(entries, table.composition)] == [p.pts for p in packets]
-    assert mp4_sample_table(path, 99) is None  # no such track
+    assert mp4_sample_table(read_moov(path), 99) is None  # no such track

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from video._mp4 import mp4_rotation, mp4_sample_table
+from video._mp4 import mp4_rotation, mp4_sample_table, read_moov
 from video.backends.base import (
     Backend,
     OpenOptions,
@@ -162,11 +162,15 @@ def _is_intra(frame: Any) -> bool:
     return name == "I" if name is not None else int(kind) == _AV_PICTURE_TYPE_I
 
 
-def _rotation(path: Path, container: Any, stream: Any) -> int:
-    if any(name in container.format.name for name in _EXACT_COUNT_FORMATS):
-        rotation = mp4_rotation(path)
-        if rotation is not None:
-            return rotation
+def _moov(path: Path, container: Any) -> bytes | None:
+    """The ``moov`` box of an MP4/MOV file (``None`` for other containers)."""
+    return read_moov(path) if any(f in container.format.name for f in _EXACT_COUNT_FORMATS) else None
+
+
+def _rotation(moov: bytes | None, stream: Any) -> int:
+    rotation = mp4_rotation(moov)
+    if rotation is not None:
+        return rotation
     try:
         return int(float(stream.metadata.get("rotate", 0)))
     except (TypeError, ValueError):
@@ -191,12 +195,13 @@ class PyAVReader(Reader):
             self.width = int(cc.width)
             self.height = int(cc.height)
             self.container = str(container.format.name)
-            self.rotation = _rotation(path, container, stream)
+            moov = _moov(path, container)  # read once: rotation and the sample table both come from it
+            self.rotation = _rotation(moov, stream)
             self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
             self._header_rate = stream.average_rate or stream.guessed_rate
             self._declared = int(stream.frames or 0)
             self._mp4 = any(f in self.container for f in _EXACT_COUNT_FORMATS)
-            tables = self._sample_tables(stream) if self._mp4 else None
+            tables = self._sample_tables(stream, moov) if moov else None
             indexed = tables is not None and self._index_from_tables(container, stream, tables)
             if tables is not None and not indexed:  # packets were demuxed while checking: open afresh
                 container.close()
@@ -236,7 +241,7 @@ class PyAVReader(Reader):
             self.warnings.append(f"demuxing stopped after {len(pts)} packets: {exc}")
         return (pts, keyframe, discard, duration), None
 
-    def _sample_tables(self, stream: Any) -> tuple[np.ndarray, ...] | None:
+    def _sample_tables(self, stream: Any, moov: bytes) -> tuple[np.ndarray, ...] | None:
         """FFmpeg's MP4 index next to the file's sample table, if they agree sample for sample (no demuxing).
 
         Returns ``(dts, byte positions, composition offsets, FFmpeg index flags)``. They must agree on every
@@ -246,7 +251,7 @@ class PyAVReader(Reader):
         entries = getattr(stream, "index_entries", None)  # PyAV >= 17
         if entries is None or len(entries) == 0:
             return None
-        table = mp4_sample_table(self.path, int(stream.id))
+        table = mp4_sample_table(moov, int(stream.id))
         if table is None or len(table.offsets) != len(entries):
             return None
         # copied at once: the entries point into FFmpeg's index, which demuxing may reallocate
@@ -743,7 +748,7 @@ class PyAVBackend(Backend):
                 duration=duration,
                 width=int(cc.width),
                 height=int(cc.height),
-                rotation=_rotation(path, container, stream),
+                rotation=_rotation(_moov(path, container), stream),
                 codec=str(cc.name),
                 container=str(container.format.name),
             )
