@@ -167,7 +167,7 @@ class Strategy:
         """The resizes (``(from, to)``) that :meth:`_pixels` makes for an image of ``size``; ``None``: unknown."""
         return None
 
-    def _wants_pil(self, image: Any, draft: tuple[int, int] | None) -> bool:
+    def _wants_pil(self, image: Any, draft: tuple[int, int] | None, peeked: tuple[int, int] | None) -> bool:
         """Whether to decode with Pillow and resize there: in the exact mode, when Pillow does some resize faster
         than the exact engine (which needs the pixels as a tensor, best decoded by torchvision for JPEG files)."""
         from anyres import tiling
@@ -176,6 +176,8 @@ class Strategy:
             return False
         if isinstance(image, Image.Image):
             size = ImageSize.from_pil(image.size)
+        elif peeked is not None:  # the header was already read (fast mode)
+            size = ImageSize.from_pil(peeked)
         elif isinstance(image, (str, os.PathLike)):
             try:
                 size = ImageSize.from_pil(peek_size(image))
@@ -205,7 +207,7 @@ class Strategy:
                 peeked = peek_size(image)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
-            if self._wants_pil(image, draft):
+            if self._wants_pil(image, draft, peeked):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
             else:
