@@ -196,7 +196,6 @@ class Strategy:
 
     def preprocess_batch(self, images: Sequence[Any]) -> TileBatch:
         """Pixels for many images in one contiguous ``[sum(num_tiles), 3, S, S]`` buffer."""
-        import torch
 
         from anyres import tiling
 
@@ -217,7 +216,7 @@ class Strategy:
             layouts.append(self.layout(ImageSize.from_pil(peeked) if draft is not None else decoded))
         total = sum(layout.num_tiles for layout in layouts)
         s = self.tile_size
-        out = torch.empty((total, 3, s, s), dtype=torch.float32)
+        out = tiling.empty_tiles(total, s)
         start = 0
         for (pixels, source), layout in zip(loaded, layouts):
             try:

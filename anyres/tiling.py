@@ -1,15 +1,19 @@
 """Pixel side: resize HWC tensors, then write the base tile and the grid tiles, normalised, straight into the output.
 
 The exact default (``backend="pil"``) resizes with :mod:`anyres.resample`, a bit-identical re-implementation of
-Pillow's BICUBIC / BILINEAR filters (other filters, or an unrecognised Pillow, use Pillow itself), so the pixels are
-exactly those of transformers' PIL image processors. Its output rows are streamed into the tiles as they are
-produced. ``backend="torch"`` uses torch's antialiased uint8 kernels for down-scaling (faster, documented deviation).
-No canvas is built: every tile is written once into the preallocated float32 output, padding included, with the
-per-channel normalisation fused into that write.
+Pillow's BICUBIC / BILINEAR filters in compiled loops (other filters, an unrecognised Pillow or a missing numba use
+Pillow itself), so the pixels are exactly those of transformers' PIL image processors. ``backend="torch"`` uses
+torch's antialiased uint8 kernels for down-scaling (documented deviation). No canvas is built: every tile is written
+once into the output, padding included, with the per-channel normalisation fused into that write; the output is
+allocated with transparent huge pages where Linux offers them (first-touch page faults otherwise cost more than
+writing the tiles).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anyres import kernels as _kernels
 from anyres import resample as _resample
 from anyres.geometry import Layout
 
@@ -44,12 +49,6 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-#: The exact engine (:mod:`anyres.resample`) runs as batched matrix products; Pillow's direct loops cost in
-#: proportion to the filter length. On the machines measured the products win only for long filters, i.e. when the
-#: width shrinks at least this many times (a 1920-pixel image to a 384-pixel base tile); otherwise Pillow resizes.
-EXACT_ENGINE_MIN_SHRINK = 3.5
-
-
 @dataclass(frozen=True)
 class Resized:
     """A pending resize of ``image`` (HWC uint8) to ``(height, width)``; :func:`write_tiles` writes it."""
@@ -63,26 +62,18 @@ class Resized:
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
 
-    @property
-    def streams(self) -> bool:
-        """Whether the exact engine computes this resize (else Pillow, with identical pixels)."""
-        return suits_exact_engine(self.image.shape[:2], (self.height, self.width), self.resample)
-
-    def materialize(self, pil: Image.Image | None = None) -> torch.Tensor:
-        """The resized image as an HWC tensor (float32 integers from the exact engine, or uint8 from Pillow)."""
-        if self.streams:
-            exact = _resample.resize(self.image, self.height, self.width, self.resample)
-            if exact is not None:
-                return exact
-        if pil is None:
-            pil = Image.fromarray(np.ascontiguousarray(self.image.numpy()), "RGB")
+    def materialize(self) -> torch.Tensor:
+        """The resized image as an HWC uint8 tensor (the exact engine, else Pillow; identical pixels)."""
+        exact = _resample.resize(self.image, self.height, self.width, self.resample)
+        if exact is not None:
+            return exact
+        pil = Image.fromarray(np.ascontiguousarray(self.image.numpy()), "RGB")
         return from_pil(pil.resize((self.width, self.height), RESAMPLE[self.resample]))
 
 
 def suits_exact_engine(in_size: Sequence[int], out_size: Sequence[int], resample: str) -> bool:
-    """Whether the exact engine should resize ``(H, W)`` to ``(h, w)`` (else Pillow; the pixels are identical)."""
-    (in_h, in_w), (out_h, out_w) = in_size, out_size
-    return resample in _resample.SUPPORTED and in_w >= EXACT_ENGINE_MIN_SHRINK * out_w and in_h >= out_h
+    """Whether the exact engine resizes ``(H, W)`` to ``(h, w)`` (else Pillow; the pixels are identical)."""
+    return _resample.available(resample)
 
 
 def resize(
@@ -236,9 +227,53 @@ class _Tiles:
         if isinstance(content, Resized):
             content = content.materialize()
         if content.dtype == torch.uint8:
-            self.byte_rows(0, content)
+            array = content.numpy()
+            if _kernels.AVAILABLE and array.flags.c_contiguous and self.tiles.is_contiguous():
+                scale = np.array([a for _, a in self.affine], np.float32)
+                shift = np.array([float(t) for t, _ in self.affine], np.float32)
+                rows = array.reshape(array.shape[0], -1)
+                _kernels.write_tiles(rows, self.tiles.numpy(), self.cols, self.top, self.left, scale, shift)
+            else:
+                self.byte_rows(0, content)
         else:
             self.float_rows(0, content.reshape(content.shape[0], -1), int(content.shape[1]))
+
+
+def empty_tiles(count: int, size: int) -> torch.Tensor:
+    """An uninitialised float32 ``[count, 3, size, size]`` buffer, backed by transparent huge pages if possible."""
+    out = torch.empty((count, 3, size, size), dtype=torch.float32)
+    _advise_huge_pages(out)
+    return out
+
+
+_HUGE_PAGE = 2 << 20
+
+
+@functools.cache
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):  # pragma: no cover - not glibc-like
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _advise_huge_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back the whole 2 MiB pages inside ``tensor``'s memory with huge pages (MADV_HUGEPAGE) before
+    they are first touched: one page fault per 2 MiB instead of 512. A no-op elsewhere or for small tensors."""
+    nbytes = tensor.numel() * tensor.element_size()
+    madvise = _madvise() if nbytes >= 2 * _HUGE_PAGE else None
+    if madvise is None:
+        return
+    begin = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+    end = (tensor.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    if end > begin:
+        madvise(begin, end - begin, 14)  # MADV_HUGEPAGE; failure (e.g. THP disabled) only costs the speed-up
 
 
 def write_tiles(
@@ -251,35 +286,23 @@ def write_tiles(
 ) -> None:
     """Fill ``out`` ``[N, 3, S, S]``: the base tile, then the grid tiles (row-major) of the black-padded canvas that
     holds ``content`` (HWC: the resized image, placed at ``layout.offsets``, or the whole canvas); normalised as
-    ``(x / 255 - mean) / std``. Tensors hold pixel values 0..255 (uint8 or float32). The :class:`Resized` items of
-    one source are all streamed by the exact engine in one pass over its rows when it suits them all, else all done
-    by Pillow from one conversion of the source."""
-    parts = [(_Tiles(out[:1], 1, 0, 0, mean, std), base)]
+    ``(x / 255 - mean) / std``. Tensors hold pixel values 0..255 (uint8 or float32); :class:`Resized` items are
+    computed here."""
+    pending = [item for item in (base, content) if isinstance(item, Resized)]
+    if (
+        len(pending) == 2
+        and pending[0].image is pending[1].image
+        and pending[0].resample == pending[1].resample
+    ):
+        done = _resample.resize_many(
+            pending[0].image, [(r.height, r.width) for r in pending], pending[0].resample
+        )
+        if all(d is not None for d in done):
+            base, content = done  # both computed in one pass over the source rows
+    _Tiles(out[:1], 1, 0, 0, mean, std).write(base)
     if content is not None:
         rh, rw = int(content.shape[0]), int(content.shape[1])
         top, left = (0, 0) if (rh, rw) == tuple(layout.canvas) else layout.offsets
         grid = _Tiles(out[1:], layout.grid.cols, top, left, mean, std)
         grid.pad(rh, rw)
-        parts.append((grid, content))
-    pending = [(tiles, item) for tiles, item in parts if isinstance(item, Resized)]
-    for source in {id(item.image): item.image for _, item in pending}.values():
-        jobs = [(tiles, item) for tiles, item in pending if item.image is source]
-        if all(item.streams for _, item in jobs):  # one pass over the source rows, streamed into the tiles
-            targets = [
-                (item.height, item.width, item.resample, _sink(tiles, item.width)) for tiles, item in jobs
-            ]
-            if all(_resample.stream(source, targets)):
-                continue
-        pil = Image.fromarray(np.ascontiguousarray(source.numpy()), "RGB")  # one conversion for every resize
-        for tiles, item in jobs:
-            tiles.write(from_pil(pil.resize((item.width, item.height), RESAMPLE[item.resample])))
-    for tiles, item in parts:
-        if not isinstance(item, Resized):
-            tiles.write(item)
-
-
-def _sink(tiles: _Tiles, width: int):
-    def sink(y0: int, rows: torch.Tensor) -> None:
-        tiles.float_rows(y0, rows, width)
-
-    return sink
+        grid.write(content)

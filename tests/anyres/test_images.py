@@ -41,6 +41,42 @@ def test_batch_form_equals_single_form_and_is_contiguous():
     assert batch.num_tokens == [t.layout.num_tokens for t in singles]
 
 
+@pytest.mark.parametrize("name", ["pad", "hd", "anyres", "anyres_max_9"])
+def test_compiled_path_equals_pillow_and_torch_fallback(monkeypatch, name):
+    """numba kernels (resampling, tile write) against the fallback Pillow resize + torch tile write."""
+    strategy = anyres.get_strategy(name)
+    images = [
+        natural_image(700, 1001, seed=1),
+        natural_image(97, 2001, seed=2),
+        natural_image(333, 250, seed=3),
+    ]
+    compiled = strategy.preprocess_batch(images).pixel_values
+    from anyres import kernels
+
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    fallback = strategy.preprocess_batch(images).pixel_values
+    assert compiled.shape == fallback.shape
+    assert (compiled - fallback).abs().max().item() < 1e-6
+
+
+def test_tiles_ask_for_huge_pages_on_whole_pages_inside_the_buffer(monkeypatch):
+    from anyres import tiling
+
+    calls = []
+    monkeypatch.setattr(
+        tiling, "_madvise", lambda: lambda addr, length, advice: calls.append((addr, length, advice))
+    )
+    out = tiling.empty_tiles(12, 384)
+    assert out.shape == (12, 3, 384, 384) and out.dtype == torch.float32
+    ((addr, length, advice),) = calls
+    page = 2 << 20
+    assert advice == 14 and addr % page == 0 and length % page == 0 and length > 0
+    assert out.data_ptr() <= addr and addr + length <= out.data_ptr() + out.numel() * 4
+    calls.clear()
+    tiling.empty_tiles(1, 64)  # too small to hold a whole huge page: no call
+    assert calls == []
+
+
 def test_base_tile_first_then_row_major_grid():
     # a 2x2-tile image whose quadrants are solid colours: tile order must be TL, TR, BL, BR after the base
     arr = np.zeros((128, 128, 3), dtype=np.uint8)

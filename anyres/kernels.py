@@ -1,0 +1,167 @@
+"""Compiled (numba) inner loops of the pixel path: Pillow's two resampling passes and the normalised tile write.
+
+Each kernel is plain integer or float arithmetic over contiguous numpy arrays, written so that LLVM vectorises the
+innermost loop; :mod:`anyres.resample` and :mod:`anyres.tiling` decide what to call. numba is a dependency, but
+the pixel path does not need it to be correct: when it cannot be imported, :data:`AVAILABLE` is ``False`` and the
+callers use Pillow and torch instead (same pixels, slower).
+
+Resampling arithmetic is Pillow's own (``libImaging/Resample.c``, 8-bit images): per output pixel a sum of
+``pixel * weight`` over the filter window in 32-bit integers, starting from ``2**21``, shifted right by 22 and
+clipped to 0..255 after each pass, so the results are bit-identical by construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # pragma: no branch - numba is a declared dependency; the fallback keeps exotic platforms working
+    import numba
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    numba = None
+    AVAILABLE = False
+
+PRECISION_BITS = 22
+#: Rows resampled together by the horizontal pass: their pixels are transposed into one block so that the
+#: innermost loop runs over ``BLOCK_ROWS * 3`` contiguous bytes (vectorised) instead of along a row (a reduction).
+BLOCK_ROWS = 32
+_LANES = BLOCK_ROWS * 3
+_HALF = 1 << (PRECISION_BITS - 1)
+
+
+def _jit(fn):
+    if not AVAILABLE:
+        return fn
+    return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
+
+
+@_jit
+def _transpose(src, y0, n, block):  # pragma: no cover - compiled
+    """``block[x, r * 3 + c] = src[y0 + r, x * 3 + c]`` for the ``n <= BLOCK_ROWS`` rows from ``y0``."""
+    width = src.shape[1] // 3
+    for x in range(width):
+        x3 = x * 3
+        for r in range(n):
+            block[x, r * 3] = src[y0 + r, x3]
+            block[x, r * 3 + 1] = src[y0 + r, x3 + 1]
+            block[x, r * 3 + 2] = src[y0 + r, x3 + 2]
+
+
+@_jit
+def _filter(block, start, count, weights, result, acc):  # pragma: no cover - compiled
+    """``result[j, i] = clip((2**21 + sum_k weights[j, k] * block[start[j] + k, i]) >> 22)`` for every lane ``i``."""
+    for j in range(start.shape[0]):
+        s = start[j]
+        w0 = weights[j, 0]
+        for i in range(_LANES):
+            acc[i] = _HALF + np.int32(block[s, i]) * w0
+        for k in range(1, count[j]):
+            wk = weights[j, k]
+            for i in range(_LANES):
+                acc[i] += np.int32(block[s + k, i]) * wk
+        for i in range(_LANES):
+            v = acc[i] >> PRECISION_BITS
+            result[j, i] = 0 if v < 0 else (255 if v > 255 else v)
+
+
+@_jit
+def _store(result, r0, r1, dst, d0):  # pragma: no cover - compiled
+    """Lanes of block rows ``r0:r1`` of ``result`` back to rows ``d0 ..`` of ``dst`` (uint8 ``[rows, out * 3]``)."""
+    out = result.shape[0]
+    for r in range(r0, r1):
+        for j in range(out):
+            dst[d0 + r - r0, j * 3] = result[j, r * 3]
+            dst[d0 + r - r0, j * 3 + 1] = result[j, r * 3 + 1]
+            dst[d0 + r - r0, j * 3 + 2] = result[j, r * 3 + 2]
+
+
+@_jit
+def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - compiled
+    """Resample rows ``first : first + len(dst)`` of ``src`` (uint8 ``[H, W * 3]``, interleaved RGB) along the
+    width into ``dst`` (uint8 ``[rows, out * 3]``). Output ``j`` reads ``count[j]`` pixels from ``start[j]`` with the
+    int32 ``weights[j]``."""
+    block = np.zeros((src.shape[1] // 3, _LANES), np.uint8)
+    result = np.empty((start.shape[0], _LANES), np.uint8)
+    acc = np.empty(_LANES, np.int32)
+    rows = dst.shape[0]
+    for b0 in range(0, rows, BLOCK_ROWS):
+        n = min(BLOCK_ROWS, rows - b0)
+        _transpose(src, first + b0, n, block)
+        _filter(block, start, count, weights, result, acc)
+        _store(result, 0, n, dst, b0)
+
+
+@_jit
+def horizontal_pair(
+    src, first_a, start_a, count_a, weights_a, dst_a, first_b, start_b, count_b, weights_b, dst_b
+):  # pragma: no cover - compiled
+    """:func:`horizontal` for two outputs of the same rows' source (e.g. a base tile and a grid canvas), sharing the
+    transposed blocks: each target resamples the block rows inside its own range ``first_x : first_x + len(dst_x)``."""
+    block = np.zeros((src.shape[1] // 3, _LANES), np.uint8)
+    result_a = np.empty((start_a.shape[0], _LANES), np.uint8)
+    result_b = np.empty((start_b.shape[0], _LANES), np.uint8)
+    acc = np.empty(_LANES, np.int32)
+    end_a, end_b = first_a + dst_a.shape[0], first_b + dst_b.shape[0]
+    lo, hi = min(first_a, first_b), max(end_a, end_b)
+    for y0 in range(lo, hi, BLOCK_ROWS):
+        n = min(BLOCK_ROWS, hi - y0)
+        _transpose(src, y0, n, block)
+        a0, a1 = max(y0, first_a), min(y0 + n, end_a)
+        if a1 > a0:
+            _filter(block, start_a, count_a, weights_a, result_a, acc)
+            _store(result_a, a0 - y0, a1 - y0, dst_a, a0 - first_a)
+        b0, b1 = max(y0, first_b), min(y0 + n, end_b)
+        if b1 > b0:
+            _filter(block, start_b, count_b, weights_b, result_b, acc)
+            _store(result_b, b0 - y0, b1 - y0, dst_b, b0 - first_b)
+
+
+@_jit
+def vertical(src, start, count, weights, dst):  # pragma: no cover - compiled
+    """Resample ``src`` (uint8 ``[H, L]``) along the height into ``dst`` (uint8 ``[out, L]``); output row ``j`` reads
+    ``count[j]`` rows from ``start[j]`` with the int32 ``weights[j]``."""
+    length = src.shape[1]
+    acc = np.empty(length, np.int32)
+    for j in range(start.shape[0]):
+        s = start[j]
+        w0 = weights[j, 0]
+        for i in range(length):
+            acc[i] = _HALF + np.int32(src[s, i]) * w0
+        for k in range(1, count[j]):
+            wk = weights[j, k]
+            for i in range(length):
+                acc[i] += np.int32(src[s + k, i]) * wk
+        for i in range(length):
+            v = acc[i] >> PRECISION_BITS
+            dst[j, i] = 0 if v < 0 else (255 if v > 255 else v)
+
+
+@_jit
+def write_tiles(src, tiles, cols, top, left, scale, shift):  # pragma: no cover - compiled
+    """Write ``src`` (uint8 ``[h, w * 3]``, interleaved RGB), placed at ``(top, left)`` on the canvas that the
+    row-major grid of ``cols`` square tiles ``tiles`` (float32 ``[n, 3, S, S]``) covers, as ``shift + scale * x``
+    per channel. Only the pixels the image covers are written."""
+    size = tiles.shape[2]
+    height = src.shape[0]
+    width = src.shape[1] // 3
+    s0, s1, s2 = scale[0], scale[1], scale[2]
+    h0, h1, h2 = shift[0], shift[1], shift[2]
+    for y in range(height):
+        cy = top + y
+        ty = cy // size
+        ry = cy - ty * size
+        x = 0
+        while x < width:
+            cx = left + x
+            tx = cx // size
+            rx = cx - tx * size
+            n = min(size - rx, width - x)
+            tile = tiles[ty * cols + tx]
+            row0, row1, row2 = tile[0, ry], tile[1, ry], tile[2, ry]
+            for i in range(n):
+                p = (x + i) * 3
+                row0[rx + i] = h0 + s0 * np.float32(src[y, p])
+                row1[rx + i] = h1 + s1 * np.float32(src[y, p + 1])
+                row2[rx + i] = h2 + s2 * np.float32(src[y, p + 2])
+            x += n
