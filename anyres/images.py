@@ -14,6 +14,7 @@ channels) and CHW ``uint8`` torch tensors. EXIF orientation is applied. Modes ar
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -92,12 +93,20 @@ def open_image(
     return LoadedImage(to_rgb(image, source), source)
 
 
-def load_pixels(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None):
+def load_pixels(
+    obj: Any,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    reuse: bool = False,
+):
     """Like :func:`open_image`, but return ``(hwc_uint8_tensor, source)`` ready for tiling.
 
-    Baseline JPEG files whose PIL mode is RGB or L are decoded by torchvision's libjpeg-turbo binding (bit-identical
-    to PIL's decoder, without PIL's slow export to arrays); a file without a proper end marker takes the PIL path,
-    which rejects truncated data. CHW uint8 RGB tensors are used without a copy.
+    Baseline JPEG files whose PIL mode is RGB or L are decoded by libjpeg-turbo directly (simplejpeg, or torchvision
+    for EXIF-rotated files; bit-identical to PIL's decoder, without PIL's slow export to arrays); a file without a
+    proper end marker takes the PIL path, which rejects truncated data. CHW uint8 RGB tensors are used without a
+    copy. ``reuse=True`` may decode into a per-thread buffer that the next such call overwrites (for callers that
+    consume the pixels at once): a large image then costs no page faults on fresh memory.
     """
     import torch
 
@@ -106,7 +115,7 @@ def load_pixels(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: t
         if full is None or full[0] < 2 * draft_size[0] or full[1] < 2 * draft_size[1]:
             draft_size = None  # a reduced JPEG decode (1/2, 1/4, 1/8) would not fit: decode normally
     if draft_size is None and isinstance(obj, (str, os.PathLike)):
-        fast = _decode_jpeg(os.fspath(obj), max_pixels)
+        fast = _decode_jpeg(os.fspath(obj), max_pixels, reuse=reuse)
         if fast is not None:
             return fast, describe(obj)
     if _is_torch_tensor(obj) and obj.dtype == torch.uint8 and obj.ndim == 3 and obj.shape[0] == 3:
@@ -118,13 +127,33 @@ def load_pixels(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: t
     return from_pil(loaded.image), loaded.source
 
 
-def _decode_jpeg(path: str, max_pixels: int):
+class _DecodeBuffer(threading.local):
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def get(self, shape: tuple[int, int, int]) -> np.ndarray:
+        n = shape[0] * shape[1] * shape[2]
+        if self.buffer.size < n:
+            self.buffer = np.empty(n, np.uint8)
+        return self.buffer[:n].reshape(shape)
+
+
+_decode_buffer = _DecodeBuffer()
+
+
+def _decode_jpeg(path: str, max_pixels: int, decoder: str | None = None, reuse: bool = False):
+    """HWC uint8 RGB tensor of a baseline JPEG file (RGB or grey), decoded with libjpeg-turbo's exact settings (islow
+    IDCT, fancy upsampling: Pillow's pixels); ``None`` when the file should take the PIL path. ``decoder`` forces
+    ``"simplejpeg"`` or ``"torchvision"`` (tests); by default simplejpeg decodes upright files (it is the faster
+    binding) and torchvision the EXIF-rotated ones (it applies the orientation)."""
     source = path
     try:
         with Image.open(path) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
             _check_size(im.size[0], im.size[1], source, max_pixels)
+            upright = im.getexif().get(_ORIENTATION, 1) in (0, 1)
+            width, height = im.size
         with open(path, "rb") as fh:
             data = fh.read()
     except ImageError:
@@ -133,8 +162,23 @@ def _decode_jpeg(path: str, max_pixels: int):
         return None  # let the PIL path produce the precise error
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None  # possibly truncated: PIL raises a clear error for it
+    import torch
+
+    if decoder is None:
+        decoder = "simplejpeg" if upright else "torchvision"
+    if decoder == "simplejpeg" and upright:
+        try:
+            import simplejpeg
+
+            out = _decode_buffer.get((height, width, 3)) if reuse else None
+            array = simplejpeg.decode_jpeg(
+                data, colorspace="RGB", fastdct=False, fastupsample=False, buffer=out
+            )
+        except (ImportError, ValueError):  # missing binding, or data it rejects: try torchvision
+            pass
+        else:
+            return torch.from_numpy(array)
     try:
-        import torch
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:  # pragma: no cover - torchvision is a dependency
         return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,52 +102,81 @@ def _kernel_weights(in_size: int, out_size: int, resample: str) -> tuple[np.ndar
     )
 
 
+class _Scratch(threading.local):
+    """Per-thread reusable byte buffers for intermediates: fresh large allocations cost more in page faults than the
+    pass that fills them."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        n = shape[0] * shape[1]
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < n:
+            buf = self.buffers[name] = np.empty(n, np.uint8)
+        return buf[:n].reshape(shape)
+
+
+_scratch = _Scratch()
+
+
 def _rows(image: np.ndarray) -> np.ndarray:
     """``[H, W * 3]`` view of a C-contiguous HWC array."""
     return image.reshape(image.shape[0], -1)
 
 
 def _horizontal(
-    src: np.ndarray, width: int, resample: str, first: int = 0, rows: int | None = None
+    src: np.ndarray, width: int, resample: str, first: int = 0, rows: int | None = None, out_name: str = ""
 ) -> np.ndarray:
     in_w = src.shape[1] // 3
     rows = src.shape[0] - first if rows is None else rows
     start, count, weights = _kernel_weights(in_w, width, resample)
-    out = np.empty((rows, width * 3), np.uint8)
+    shape = (rows, width * 3)
+    out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
     kernels.horizontal(src, first, start, count, weights, out)
     return out
 
 
 def _vertical(
-    src: np.ndarray, height: int, resample: str, offset: int = 0, in_h: int | None = None
+    src: np.ndarray,
+    height: int,
+    resample: str,
+    offset: int = 0,
+    in_h: int | None = None,
+    out_name: str = "",
 ) -> np.ndarray:
     """Rows of ``src`` hold input rows ``offset ..``; ``in_h`` is the full input height (for the weights)."""
     start, count, weights = _kernel_weights(src.shape[0] if in_h is None else in_h, height, resample)
-    out = np.empty((height, src.shape[1]), np.uint8)
+    shape = (height, src.shape[1])
+    out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
     kernels.vertical(src, start - offset if offset else start, count, weights, out)
     return out
 
 
-def _exact(image: np.ndarray, height: int, width: int, resample: str, vertical_first: bool) -> np.ndarray:
-    """``Image.resize`` of a C-contiguous HWC uint8 RGB array, with the given pass order."""
+def _exact(
+    image: np.ndarray, height: int, width: int, resample: str, vertical_first: bool, out_name: str = ""
+) -> np.ndarray:
+    """``Image.resize`` of a C-contiguous HWC uint8 RGB array, with the given pass order (output in the scratch
+    buffer ``out_name`` if given)."""
     in_h, in_w = image.shape[:2]
     src = _rows(image)
     if (height, width) == (in_h, in_w):
         return image.copy()
     if width == in_w:
-        out = _vertical(src, height, resample)
+        out = _vertical(src, height, resample, out_name=out_name)
     elif height == in_h:
-        out = _horizontal(src, width, resample)
+        out = _horizontal(src, width, resample, out_name=out_name)
     elif vertical_first:
-        out = _horizontal(_vertical(src, height, resample), width, resample)
+        mid = _vertical(src, height, resample, out_name="mid")
+        out = _horizontal(mid, width, resample, out_name=out_name)
     else:
         start, count, _ = _kernel_weights(in_h, height, resample)
         first, last = (
             int(start[0]),
             int((start + count).max()),
         )  # Pillow's ybox: the rows the vertical pass reads
-        mid = _horizontal(src, width, resample, first, last - first)
-        out = _vertical(mid, height, resample, offset=first, in_h=in_h)
+        mid = _horizontal(src, width, resample, first, last - first, out_name="mid")
+        out = _vertical(mid, height, resample, offset=first, in_h=in_h, out_name=out_name)
     return out.reshape(height, width, 3)
 
 
@@ -208,10 +238,17 @@ def resize(image: torch.Tensor | np.ndarray, height: int, width: int, resample: 
 
 
 def resize_many(
-    image: torch.Tensor | np.ndarray, sizes: Sequence[tuple[int, int]], resample: str
+    image: torch.Tensor | np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+    resample: str,
+    *,
+    reuse: bool = False,
 ) -> list[torch.Tensor | None]:
     """:func:`resize` to several ``(height, width)`` at once: two outputs whose first pass is horizontal share the
-    transposed row blocks of the source (the costly half of that pass), e.g. a 384x384 base tile and a grid canvas."""
+    transposed row blocks of the source (the costly half of that pass), e.g. a 384x384 base tile and a grid canvas.
+
+    ``reuse=True`` returns views of per-thread buffers that the next call on the same thread overwrites (for callers
+    that consume the result at once, like :func:`anyres.tiling.write_tiles`): no page faults on fresh memory."""
     array = _array(image)
     if array is None:
         return [None] * len(sizes)
@@ -231,15 +268,15 @@ def resize_many(
             start, count, _ = _kernel_weights(in_h, h, resample)
             first, last = int(start[0]), int((start + count).max())
             hs, hc, hw = _kernel_weights(in_w, w, resample)
-            mid = np.empty((last - first, w * 3), np.uint8)
+            mid = _scratch.get(f"mid{i}", (last - first, w * 3))
             args += [first, hs, hc, hw, mid]
             mids.append((i, mid, first))
         kernels.horizontal_pair(src, *args)
         for i, mid, first in mids:
             h, w = sizes[i]
-            out = _vertical(mid, h, resample, offset=first, in_h=in_h)
+            out = _vertical(mid, h, resample, offset=first, in_h=in_h, out_name=f"out{i}" if reuse else "")
             results[i] = torch.from_numpy(out.reshape(h, w, 3))
     for i, ((h, w), vf) in enumerate(zip(sizes, order)):
         if results[i] is None and vf is not None:
-            results[i] = torch.from_numpy(_exact(array, h, w, resample, vf))
+            results[i] = torch.from_numpy(_exact(array, h, w, resample, vf, f"out{i}" if reuse else ""))
     return results

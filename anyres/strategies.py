@@ -29,7 +29,7 @@ from anyres.geometry import (
     tiled_layout,
     tokens_per_side,
 )
-from anyres.images import DEFAULT_MAX_PIXELS, ImageError, load_pixels, open_image, peek_size
+from anyres.images import DEFAULT_MAX_PIXELS, ImageError, describe, load_pixels, open_image, peek_size
 
 if TYPE_CHECKING:
     import torch
@@ -209,16 +209,27 @@ class Strategy:
             if self._wants_pil(image, draft, peeked):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
+            elif draft is None and (header := _header_size(image)) is not None:
+                # a file: decoded in the second loop, one at a time, into a reused buffer
+                pixels, source, peeked = None, describe(image), header
             else:
                 pixels, source = load_pixels(image, max_pixels=self.max_pixels, draft_size=draft)
-            decoded = ImageSize(*tiling.image_size(pixels))
-            loaded.append((pixels, source))
-            layouts.append(self.layout(ImageSize.from_pil(peeked) if draft is not None else decoded))
+            size = ImageSize.from_pil(peeked) if pixels is None or draft is not None else None
+            loaded.append((image if pixels is None else pixels, source, pixels is None))
+            layouts.append(self.layout(size or ImageSize(*tiling.image_size(pixels))))
         total = sum(layout.num_tiles for layout in layouts)
         s = self.tile_size
         out = tiling.empty_tiles(total, s)
         start = 0
-        for (pixels, source), layout in zip(loaded, layouts):
+        for (pixels, source, deferred), layout in zip(loaded, layouts):
+            if deferred:
+                pixels, source = load_pixels(pixels, max_pixels=self.max_pixels, reuse=True)
+                if ImageSize(*tiling.image_size(pixels)) != layout.image_size:
+                    raise ImageError(
+                        source,
+                        f"the header says {layout.image_size.width}x{layout.image_size.height} but the file "
+                        f"decodes to {pixels.shape[1]}x{pixels.shape[0]}; the file is corrupt",
+                    )
             try:
                 base, content = self._pixels(pixels, layout)
             except (OSError, ValueError, RuntimeError) as exc:
@@ -226,7 +237,7 @@ class Strategy:
             tiles = out[start : start + layout.num_tiles]
             tiling.write_tiles(tiles, base, content, layout, self.image_mean, self.image_std)
             start += layout.num_tiles
-        return TileBatch(out, tuple(layouts), tuple(source for _, source in loaded))
+        return TileBatch(out, tuple(layouts), tuple(source for _, source, _ in loaded))
 
     # -- features -------------------------------------------------------------------------------------------
     def pack(
@@ -411,6 +422,17 @@ class HDStrategy(AnyResStrategy):
         if self.max_tiles < 1:
             raise GeometryError(f"max_tiles must be >= 1, got {self.max_tiles}")
         return tuple((p.height, p.width) for p in hd_pinpoints(self.tile_size, self.max_tiles))
+
+
+def _header_size(image: Any) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file from its header; ``None`` for other inputs or unreadable headers (which
+    are then loaded at once, so that the loader reports the precise problem)."""
+    if not isinstance(image, (str, os.PathLike)):
+        return None
+    try:
+        return peek_size(image)
+    except ImageError:
+        return None
 
 
 def _materialize(pixels: Any) -> torch.Tensor:

@@ -168,6 +168,7 @@ class _Tiles:
     def pad(self, height: int, width: int) -> None:
         """Fill every tile area outside the ``height x width`` image with normalised black."""
         s = self.size
+        black = torch.stack([shift for shift, _ in self.affine]).view(3, 1, 1)
         for index in range(self.tiles.shape[0]):
             ty, tx = divmod(index, self.cols)
             y0, y1 = max(ty * s, self.top), min((ty + 1) * s, self.top + height)
@@ -179,9 +180,8 @@ class _Tiles:
                 y0, y1, x0, x1 = y0 - ty * s, y1 - ty * s, x0 - tx * s, x1 - tx * s
                 bands = [(0, y0, 0, s), (y1, s, 0, s), (y0, y1, 0, x0), (y0, y1, x1, s)]
             for a, b, c0, c1 in bands:
-                if b > a and c1 > c0:
-                    for c, (shift, _) in enumerate(self.affine):
-                        tile[c, a:b, c0:c1].fill_(shift)
+                if b > a and c1 > c0:  # all three channels in one broadcast copy
+                    tile[:, a:b, c0:c1].copy_(black.expand(3, b - a, c1 - c0))
 
     def _pieces(self, y0: int, n: int, width: int):
         """``(tile, tile_rows, tile_cols, src_rows, src_cols)`` for image rows ``y0:y0 + n`` of an image of ``width``."""

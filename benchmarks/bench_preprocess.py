@@ -1,14 +1,15 @@
 """Images/s of anyres preprocessing vs transformers' LLaVA-OneVision image processors, measured in one run.
 
-    python benchmarks/bench_preprocess.py [--repeats 5] [--strategy anyres_max_9]
+    python benchmarks/bench_preprocess.py [--repeats 7] [--strategy anyres_max_9]
 
 JPEG files of 640x480, 1024x768, 1920x1080 and 4032x3024 are generated (photo-like content), then each pipeline
-turns the *file* into normalised pixel values (decode included), on one thread. Printed: images/s for our exact
-default (PIL resampling, bit-identical to ``LlavaOnevisionImageProcessorPil``), our ``resize_backend="torch"`` path,
-our ``fast`` (reduced JPEG decode) mode, HF's torchvision and PIL backends, and the decode-only floors (Pillow's
-decoder, which HF uses, and torchvision's, which our exact mode uses for JPEG files when it resizes with the exact
-engine); then ratios against the HF torchvision backend (the issue's target: >= 3x at 1920x1080 and 4032x3024 in the
-exact mode).
+turns the *file* into normalised pixel values (decode included), on one thread. The pipelines are timed in
+interleaved rounds (one call of each per round; medians), so a machine whose load drifts slows them alike. Printed:
+images/s for our exact default (bit-identical to ``LlavaOnevisionImageProcessorPil``), our ``resize_backend="torch"``
+path, our ``fast`` (reduced JPEG decode) mode, HF's torchvision and PIL backends, and the decode-only floors
+(Pillow's decoder, which HF uses; torchvision's and simplejpeg's, which our exact mode uses for rotated and upright
+JPEG files); then ratios against the HF torchvision backend (the issue's target: >= 3x at 1920x1080 and 4032x3024 in
+the exact mode).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, ImageDraw
 
@@ -45,20 +47,28 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def timeit(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+    return time_all({"fn": fn}, repeats)["fn"]
+
+
+def time_all(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds (one call of each per round), so
+    that a machine whose load changes over time slows every pipeline alike instead of whichever ran then."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--strategy", default="anyres_max_9")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -88,21 +98,20 @@ def main() -> None:
             ref = torch.as_tensor(hf_pil(Image.open(p), return_tensors="pt")["pixel_values"][0])
             ours = exact.preprocess(p).pixel_values
             levels = ((torch_path.preprocess(p).pixel_values - ref).abs() * 127.5).round()
-            t = {
-                "decode": timeit(lambda p=p: Image.open(p).convert("RGB").load(), args.repeats),
-                "decode_tv": timeit(
-                    lambda p=p: decode_jpeg(read_file(p), mode=ImageReadMode.RGB), args.repeats
-                ),
-                "ours": timeit(lambda p=p: exact.preprocess(p), args.repeats),
-                "ours_torch": timeit(lambda p=p: torch_path.preprocess(p), args.repeats),
-                "ours_fast": timeit(lambda p=p: fast.preprocess(p), args.repeats),
-                "hf_tv": timeit(
-                    lambda p=p: hf_tv(Image.open(p).convert("RGB"), return_tensors="pt"), args.repeats
-                ),
-                "hf_pil": timeit(
-                    lambda p=p: hf_pil(Image.open(p).convert("RGB"), return_tensors="pt"), args.repeats
-                ),
-            }
+            data = path.read_bytes()
+            t = time_all(
+                {
+                    "decode": lambda p=p: Image.open(p).convert("RGB").load(),
+                    "decode_tv": lambda p=p: decode_jpeg(read_file(p), mode=ImageReadMode.RGB),
+                    "decode_sj": lambda d=data: simplejpeg.decode_jpeg(d, colorspace="RGB"),
+                    "ours": lambda p=p: exact.preprocess(p),
+                    "ours_torch": lambda p=p: torch_path.preprocess(p),
+                    "ours_fast": lambda p=p: fast.preprocess(p),
+                    "hf_tv": lambda p=p: hf_tv(Image.open(p).convert("RGB"), return_tensors="pt"),
+                    "hf_pil": lambda p=p: hf_pil(Image.open(p).convert("RGB"), return_tensors="pt"),
+                },
+                args.repeats,
+            )
             rows.append(
                 (
                     f"{width}x{height}",
@@ -114,12 +123,12 @@ def main() -> None:
             )
 
     print(f"strategy {args.strategy}; images/s, one thread, JPEG decode included (median of {args.repeats})")
-    header = f"{'image':>10} {'dec PIL':>8} {'dec tv':>8} {'ours':>8} {'torch':>8} {'fast':>8} {'HF tv':>8} {'HF PIL':>8}"
+    header = f"{'image':>10} {'dec PIL':>8} {'dec tv':>8} {'dec sj':>8} {'ours':>8} {'torch':>8} {'fast':>8} {'HF tv':>8} {'HF PIL':>8}"
     print(header + f" {'ours/tv':>8} {'torch/tv':>8} {'fast/tv':>8} {'ours/PIL':>8}")
     for name, t, _, _, _ in rows:
         ips = {k: 1.0 / v for k, v in t.items()}
         print(
-            f"{name:>10} {ips['decode']:8.1f} {ips['decode_tv']:8.1f} {ips['ours']:8.1f} {ips['ours_torch']:8.1f} {ips['ours_fast']:8.1f} "
+            f"{name:>10} {ips['decode']:8.1f} {ips['decode_tv']:8.1f} {ips['decode_sj']:8.1f} {ips['ours']:8.1f} {ips['ours_torch']:8.1f} {ips['ours_fast']:8.1f} "
             f"{ips['hf_tv']:8.1f} {ips['hf_pil']:8.1f} {t['hf_tv'] / t['ours']:7.2f}x {t['hf_tv'] / t['ours_torch']:7.2f}x "
             f"{t['hf_tv'] / t['ours_fast']:7.2f}x {t['hf_pil'] / t['ours']:7.2f}x"
         )

@@ -172,14 +172,15 @@ def _jpeg(img: Image.Image, **kwargs) -> bytes:
     ids=str,
 )
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_torchvision_jpeg_decode_is_bit_identical_to_pillow(tmp_path, options, mode):
-    """The exact mode decodes JPEG files with torchvision: it must give Pillow's pixels exactly."""
+@pytest.mark.parametrize("decoder", ["simplejpeg", "torchvision"])
+def test_jpeg_decoders_are_bit_identical_to_pillow(tmp_path, options, mode, decoder):
+    """The exact mode decodes JPEG files with simplejpeg or torchvision: both must give Pillow's pixels exactly."""
     for h, w in [(37, 23), (480, 640), (333, 1001), (1, 1)]:
         img = natural_image(h, w, seed=h)
         path = tmp_path / "x.jpg"
         path.write_bytes(_jpeg(img if mode == "RGB" else img.convert("L"), **options))
-        decoded = _decode_jpeg(str(path), 1 << 30)
-        assert decoded is not None
+        decoded = _decode_jpeg(str(path), 1 << 30, decoder=decoder)
+        assert decoded is not None and decoded.dtype == torch.uint8 and decoded.is_contiguous()
         assert np.array_equal(decoded.numpy(), np.asarray(open_image(path).image))
 
 
@@ -189,6 +190,9 @@ def test_torchvision_decode_applies_exif_orientation_like_pillow(tmp_path, orien
     exif[0x0112] = orientation
     path = tmp_path / "o.jpg"
     natural_image(60, 90).save(path, exif=exif, quality=90)
-    decoded = _decode_jpeg(str(path), 1 << 30)
+    decoded = _decode_jpeg(str(path), 1 << 30)  # the default choice: torchvision for rotated files
     assert decoded is not None
     assert np.array_equal(decoded.numpy(), np.asarray(open_image(path).image))
+    if orientation == 1:
+        forced = _decode_jpeg(str(path), 1 << 30, decoder="simplejpeg")
+        assert np.array_equal(forced.numpy(), decoded.numpy())
