@@ -33,7 +33,10 @@ _HALF = 1 << (PRECISION_BITS - 1)
 def _jit(fn):
     if not AVAILABLE:
         return fn
-    return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
+    try:  # compiled once, then loaded from numba's on-disk cache
+        return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
+    except RuntimeError:  # no writable cache location (read-only install, no home): compile in every process
+        return numba.njit(cache=False, nogil=True, boundscheck=False)(fn)
 
 
 @_jit

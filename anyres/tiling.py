@@ -125,9 +125,16 @@ def square_pad(
         canvas_img = Image.new("RGB", (layout.canvas.width, layout.canvas.height), tuple(fill))
         canvas_img.paste(image, (left, top))
         return canvas_img
-    canvas = torch.empty((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
-    canvas[...] = torch.tensor(list(fill), dtype=torch.uint8)
+    height, width = layout.canvas
     h, w = layout.image_size
+    canvas = torch.empty((height, width, 3), dtype=torch.uint8)
+    _advise_huge_pages(canvas)
+    rows = canvas.numpy().reshape(height, width * 3)
+    pattern = np.tile(np.asarray(fill, np.uint8), width)  # one padded row; rows are filled by row copies
+    rows[:top] = pattern
+    rows[top + h :] = pattern
+    rows[top : top + h, : left * 3] = pattern[: left * 3]
+    rows[top : top + h, (left + w) * 3 :] = pattern[: (width - left - w) * 3]
     canvas[top : top + h, left : left + w] = image
     return canvas
 

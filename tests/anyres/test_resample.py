@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -129,6 +132,23 @@ def test_strided_and_array_inputs():
     ref = _pillow(np.ascontiguousarray(flipped.numpy()), 50, 40, "bicubic")
     assert np.array_equal(resample.resize(flipped, 50, 40, "bicubic").numpy(), ref)
     assert np.array_equal(resample.resize(arr, 50, 40, "bicubic").numpy(), _pillow(arr, 50, 40, "bicubic"))
+
+
+def test_kernels_work_without_a_writable_numba_cache():
+    """No cache location (read-only install): numba refuses ``cache=True`` at decoration; the kernels must still
+    compile and stay exact."""
+    code = (
+        "import numpy as np; from PIL import Image; from anyres import resample; "
+        "a = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8); "
+        "ref = np.asarray(Image.fromarray(a).resize((33, 41), Image.Resampling.BICUBIC)); "
+        "assert np.array_equal(resample.resize(a, 41, 33, 'bicubic').numpy(), ref); print('ok')"
+    )
+    env = dict(
+        os.environ, NUMBA_CACHE_LOCATOR_CLASSES="ZipCacheLocator"
+    )  # only for zipped sources: none here
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_unsupported_filters_and_missing_numba_fall_back(monkeypatch):
