@@ -52,6 +52,26 @@ def _transpose(src, y0, n, block):  # pragma: no cover - compiled
 
 
 @_jit
+def _transpose_padded(src, y0, n, block, left, fill):  # pragma: no cover - compiled
+    """:func:`_transpose` of rows placed at column ``left`` of wider rows (``block.shape[0]`` pixels) whose other
+    pixels are the colour ``fill`` (uint8 ``[3]``): a padded canvas that is never built."""
+    width = src.shape[1] // 3
+    canvas = block.shape[0]
+    for x in range(canvas):
+        if x < left or x >= left + width:
+            for r in range(n):
+                block[x, r * 3] = fill[0]
+                block[x, r * 3 + 1] = fill[1]
+                block[x, r * 3 + 2] = fill[2]
+        else:
+            x3 = (x - left) * 3
+            for r in range(n):
+                block[x, r * 3] = src[y0 + r, x3]
+                block[x, r * 3 + 1] = src[y0 + r, x3 + 1]
+                block[x, r * 3 + 2] = src[y0 + r, x3 + 2]
+
+
+@_jit
 def _filter(block, start, count, weights, result, acc):  # pragma: no cover - compiled
     """``result[j, i] = clip((2**21 + sum_k weights[j, k] * block[start[j] + k, i]) >> 22)`` for every lane ``i``."""
     for j in range(start.shape[0]):
@@ -91,6 +111,21 @@ def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - co
     for b0 in range(0, rows, BLOCK_ROWS):
         n = min(BLOCK_ROWS, rows - b0)
         _transpose(src, first + b0, n, block)
+        _filter(block, start, count, weights, result, acc)
+        _store(result, 0, n, dst, b0)
+
+
+@_jit
+def horizontal_padded(src, first, start, count, weights, dst, canvas_width, left, fill):  # pragma: no cover
+    """:func:`horizontal` of ``src`` rows placed at column ``left`` of ``canvas_width``-pixel rows padded with the
+    colour ``fill``."""
+    block = np.zeros((canvas_width, _LANES), np.uint8)
+    result = np.empty((start.shape[0], _LANES), np.uint8)
+    acc = np.empty(_LANES, np.int32)
+    rows = dst.shape[0]
+    for b0 in range(0, rows, BLOCK_ROWS):
+        n = min(BLOCK_ROWS, rows - b0)
+        _transpose_padded(src, first + b0, n, block, left, fill)
         _filter(block, start, count, weights, result, acc)
         _store(result, 0, n, dst, b0)
 

@@ -227,6 +227,48 @@ def _array(image: torch.Tensor | np.ndarray) -> np.ndarray | None:
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
+def resize_padded(
+    image: torch.Tensor | np.ndarray,
+    canvas: tuple[int, int],
+    offsets: tuple[int, int],
+    fill: Sequence[int],
+    height: int,
+    width: int,
+    resample: str,
+) -> torch.Tensor | None:
+    """:func:`resize` of ``image`` pasted at ``offsets`` (top, left) on a ``canvas`` (height, width) of colour
+    ``fill`` — LLaVA's ``expand2square`` then resize — without building the canvas: rows of pure padding are
+    resampled once, the others read the padding as they go. ``None`` where the canvas must be built (a pass order or
+    shape this shortcut does not cover, or no exact engine)."""
+    array = _array(image)
+    if array is None or len(array.shape) != 3 or array.shape[2] != 3:
+        return None
+    (canvas_h, canvas_w), (top, left) = canvas, offsets
+    in_h, in_w = array.shape[:2]
+    vertical_first = _vertical_first((canvas_h, canvas_w, 3), height, width, resample)
+    if vertical_first is None or vertical_first or height == canvas_h or width == canvas_w:
+        return None
+    if top < 0 or left < 0 or top + in_h > canvas_h or left + in_w > canvas_w:
+        return None
+    colour = np.asarray(fill, np.uint8)
+    vstart, vcount, _ = _kernel_weights(canvas_h, height, resample)
+    first, last = int(vstart[0]), int((vstart + vcount).max())  # Pillow's ybox
+    hs, hc, hw = _kernel_weights(canvas_w, width, resample)
+    mid = _scratch.get("mid", (last - first, width * 3))
+    a, b = max(first, top), min(last, top + in_h)  # canvas rows that hold image pixels
+    if a > first or b < last:  # rows of pure padding: all equal to one resampled padding row
+        padding = np.empty((1, width * 3), np.uint8)
+        kernels.horizontal(np.tile(colour, canvas_w)[None], 0, hs, hc, hw, padding)
+        mid[: max(0, a - first)] = padding
+        mid[max(0, b - first) :] = padding
+    if b > a:
+        kernels.horizontal_padded(
+            _rows(array), a - top, hs, hc, hw, mid[a - first : b - first], canvas_w, left, colour
+        )
+    out = _vertical(mid, height, resample, offset=first, in_h=canvas_h)
+    return torch.from_numpy(out.reshape(height, width, 3))
+
+
 def resize(image: torch.Tensor | np.ndarray, height: int, width: int, resample: str) -> torch.Tensor | None:
     """Pillow-identical resize of an HWC uint8 RGB tensor (or array) to ``(height, width)``.
 

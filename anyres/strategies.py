@@ -290,8 +290,14 @@ class PadStrategy(Strategy):
         from anyres import tiling
 
         decoded = self.layout(ImageSize(*tiling.image_size(pixels)))  # differs from `layout` in fast mode
-        square = tiling.square_pad(pixels, decoded, self.fill)
         s = self.tile_size
+        if self.resize_backend == "pil" and not isinstance(pixels, Image.Image) and decoded.canvas != (s, s):
+            # resized straight from the image: the exact engine reads the square's padding without building it
+            square = tuple(decoded.canvas)
+            return tiling.Resized(
+                pixels, s, s, self.resample, square, tuple(decoded.offsets), self.fill
+            ), None
+        square = tiling.square_pad(pixels, decoded, self.fill)
         return tiling.resize(square, s, s, self.resample, self.resize_backend, lazy=True), None
 
     def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:

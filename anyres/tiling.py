@@ -51,12 +51,18 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Resized:
-    """A pending resize of ``image`` (HWC uint8) to ``(height, width)``; :func:`write_tiles` writes it."""
+    """A pending resize of ``image`` (HWC uint8) to ``(height, width)``; :func:`write_tiles` writes it.
+
+    With ``canvas`` set, what is resized is ``image`` pasted at ``offsets`` (top, left) on a ``canvas`` (height,
+    width) of colour ``fill`` (the ``pad`` strategy's square), which the exact engine never has to build."""
 
     image: torch.Tensor
     height: int
     width: int
     resample: str
+    canvas: tuple[int, int] | None = None
+    offsets: tuple[int, int] = (0, 0)
+    fill: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,10 +70,17 @@ class Resized:
 
     def materialize(self) -> torch.Tensor:
         """The resized image as an HWC uint8 tensor (the exact engine, else Pillow; identical pixels)."""
-        exact = _resample.resize(self.image, self.height, self.width, self.resample)
+        image = self.image
+        if self.canvas is not None:
+            args = (self.canvas, self.offsets, self.fill, self.height, self.width, self.resample)
+            exact = _resample.resize_padded(image, *args)
+            if exact is not None:
+                return exact
+            image = _paste(image, self.canvas, self.offsets, self.fill)
+        exact = _resample.resize(image, self.height, self.width, self.resample)
         if exact is not None:
             return exact
-        pil = Image.fromarray(np.ascontiguousarray(self.image.numpy()), "RGB")
+        pil = Image.fromarray(np.ascontiguousarray(image.numpy()), "RGB")
         return from_pil(pil.resize((self.width, self.height), RESAMPLE[self.resample]))
 
 
@@ -125,8 +138,15 @@ def square_pad(
         canvas_img = Image.new("RGB", (layout.canvas.width, layout.canvas.height), tuple(fill))
         canvas_img.paste(image, (left, top))
         return canvas_img
-    height, width = layout.canvas
-    h, w = layout.image_size
+    return _paste(image, tuple(layout.canvas), tuple(layout.offsets), fill)
+
+
+def _paste(
+    image: torch.Tensor, size: tuple[int, int], offsets: tuple[int, int], fill: Sequence[int]
+) -> torch.Tensor:
+    """HWC uint8 canvas of ``size`` and colour ``fill`` with ``image`` at ``offsets`` (top, left)."""
+    (height, width), (top, left) = size, offsets
+    h, w = int(image.shape[0]), int(image.shape[1])
     canvas = torch.empty((height, width, 3), dtype=torch.uint8)
     _advise_huge_pages(canvas)
     rows = canvas.numpy().reshape(height, width * 3)
