@@ -22,11 +22,47 @@ except ImportError:  # pragma: no cover
     numba = None
     AVAILABLE = False
 
+if AVAILABLE:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    def _byte_pointer(context, builder, array_type, array, index):
+        data = context.make_array(array_type)(context, builder, array).data
+        return builder.bitcast(builder.gep(data, [index]), ir.IntType(32).as_pointer())
+
+    @intrinsic
+    def _load_word(typingctx, array, index):
+        """The 4 bytes at ``array[index:index + 4]`` (1-D uint8) as one unaligned 32-bit load."""
+        if not (isinstance(array, types.Array) and array.dtype == types.uint8 and array.ndim == 1):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.load(_byte_pointer(context, builder, signature.args[0], *args), align=1)
+
+        return types.uint32(array, types.intp), codegen
+
+    @intrinsic
+    def _store_word(typingctx, array, index, value):
+        """``array[index:index + 4] = value`` (1-D uint8) as one unaligned 32-bit store."""
+        if not (isinstance(array, types.Array) and array.dtype == types.uint8 and array.ndim == 1):
+            return None
+
+        def codegen(context, builder, signature, args):
+            pointer = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+            builder.store(args[2], pointer, align=1)
+            return context.get_dummy_value()
+
+        return types.void(array, types.intp, types.uint32), codegen
+
+
 PRECISION_BITS = 22
 #: Rows resampled together by the horizontal pass: their pixels are transposed into one block so that the
 #: innermost loop runs over ``BLOCK_ROWS * 3`` contiguous bytes (vectorised) instead of along a row (a reduction).
 BLOCK_ROWS = 32
 _LANES = BLOCK_ROWS * 3
+#: Row length of the transposed blocks: the lanes plus room for the 4th byte of the last lane's 32-bit move.
+_ROW = _LANES + 4
 _HALF = 1 << (PRECISION_BITS - 1)
 
 
@@ -41,14 +77,25 @@ def _jit(fn):
 
 @_jit
 def _transpose(src, y0, n, block):  # pragma: no cover - compiled
-    """``block[x, r * 3 + c] = src[y0 + r, x * 3 + c]`` for the ``n <= BLOCK_ROWS`` rows from ``y0``."""
+    """``block[x, r * 3 + c] = src[y0 + r, x * 3 + c]`` for the ``n <= BLOCK_ROWS`` rows from ``y0``.
+
+    Each pixel moves as one unaligned 32-bit load and store (its 4th byte is overwritten by the next row's pixel,
+    or lands in the block's spare bytes); the last pixel of a row, whose 4th byte lies past the row, moves by bytes.
+    """
     width = src.shape[1] // 3
-    for x in range(width):
-        x3 = x * 3
+    row_bytes = src.shape[1]
+    flat = src.reshape(-1)
+    out = block.reshape(-1)
+    stride = block.shape[1]
+    for x in range(width - 1):
+        o = x * stride
+        q = y0 * row_bytes + x * 3
         for r in range(n):
-            block[x, r * 3] = src[y0 + r, x3]
-            block[x, r * 3 + 1] = src[y0 + r, x3 + 1]
-            block[x, r * 3 + 2] = src[y0 + r, x3 + 2]
+            _store_word(out, o + r * 3, _load_word(flat, q + r * row_bytes))
+    x = width - 1
+    for r in range(n):
+        for c in range(3):
+            block[x, r * 3 + c] = src[y0 + r, x * 3 + c]
 
 
 @_jit
@@ -57,12 +104,20 @@ def _transpose_padded(src, y0, n, block, left, fill):  # pragma: no cover - comp
     pixels are the colour ``fill`` (uint8 ``[3]``): a padded canvas that is never built."""
     width = src.shape[1] // 3
     canvas = block.shape[0]
+    row_bytes = src.shape[1]
+    flat = src.reshape(-1)
+    out = block.reshape(-1)
     for x in range(canvas):
         if x < left or x >= left + width:
             for r in range(n):
                 block[x, r * 3] = fill[0]
                 block[x, r * 3 + 1] = fill[1]
                 block[x, r * 3 + 2] = fill[2]
+        elif x < left + width - 1:
+            o = x * block.shape[1]
+            q = y0 * row_bytes + (x - left) * 3
+            for r in range(n):
+                _store_word(out, o + r * 3, _load_word(flat, q + r * row_bytes))
         else:
             x3 = (x - left) * 3
             for r in range(n):
@@ -90,13 +145,20 @@ def _filter(block, start, count, weights, result, acc):  # pragma: no cover - co
 
 @_jit
 def _store(result, r0, r1, dst, d0):  # pragma: no cover - compiled
-    """Lanes of block rows ``r0:r1`` of ``result`` back to rows ``d0 ..`` of ``dst`` (uint8 ``[rows, out * 3]``)."""
+    """Lanes of block rows ``r0:r1`` of ``result`` back to rows ``d0 ..`` of ``dst`` (uint8 ``[rows, out * 3]``),
+    a pixel per unaligned 32-bit move (the last one of a row by bytes)."""
     out = result.shape[0]
+    stride = result.shape[1]
+    row_bytes = dst.shape[1]
+    flat = result.reshape(-1)
+    target = dst.reshape(-1)
     for r in range(r0, r1):
-        for j in range(out):
-            dst[d0 + r - r0, j * 3] = result[j, r * 3]
-            dst[d0 + r - r0, j * 3 + 1] = result[j, r * 3 + 1]
-            dst[d0 + r - r0, j * 3 + 2] = result[j, r * 3 + 2]
+        o = (d0 + r - r0) * row_bytes
+        for j in range(out - 1):
+            _store_word(target, o + j * 3, _load_word(flat, j * stride + r * 3))
+        j = out - 1
+        for c in range(3):
+            dst[d0 + r - r0, j * 3 + c] = result[j, r * 3 + c]
 
 
 @_jit
@@ -104,8 +166,8 @@ def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - co
     """Resample rows ``first : first + len(dst)`` of ``src`` (uint8 ``[H, W * 3]``, interleaved RGB) along the
     width into ``dst`` (uint8 ``[rows, out * 3]``). Output ``j`` reads ``count[j]`` pixels from ``start[j]`` with the
     int32 ``weights[j]``."""
-    block = np.zeros((src.shape[1] // 3, _LANES), np.uint8)
-    result = np.empty((start.shape[0], _LANES), np.uint8)
+    block = np.zeros((src.shape[1] // 3, _ROW), np.uint8)
+    result = np.empty((start.shape[0], _ROW), np.uint8)
     acc = np.empty(_LANES, np.int32)
     rows = dst.shape[0]
     for b0 in range(0, rows, BLOCK_ROWS):
@@ -119,8 +181,8 @@ def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - co
 def horizontal_padded(src, first, start, count, weights, dst, canvas_width, left, fill):  # pragma: no cover
     """:func:`horizontal` of ``src`` rows placed at column ``left`` of ``canvas_width``-pixel rows padded with the
     colour ``fill``."""
-    block = np.zeros((canvas_width, _LANES), np.uint8)
-    result = np.empty((start.shape[0], _LANES), np.uint8)
+    block = np.zeros((canvas_width, _ROW), np.uint8)
+    result = np.empty((start.shape[0], _ROW), np.uint8)
     acc = np.empty(_LANES, np.int32)
     rows = dst.shape[0]
     for b0 in range(0, rows, BLOCK_ROWS):
@@ -136,9 +198,9 @@ def horizontal_pair(
 ):  # pragma: no cover - compiled
     """:func:`horizontal` for two outputs of the same rows' source (e.g. a base tile and a grid canvas), sharing the
     transposed blocks: each target resamples the block rows inside its own range ``first_x : first_x + len(dst_x)``."""
-    block = np.zeros((src.shape[1] // 3, _LANES), np.uint8)
-    result_a = np.empty((start_a.shape[0], _LANES), np.uint8)
-    result_b = np.empty((start_b.shape[0], _LANES), np.uint8)
+    block = np.zeros((src.shape[1] // 3, _ROW), np.uint8)
+    result_a = np.empty((start_a.shape[0], _ROW), np.uint8)
+    result_b = np.empty((start_b.shape[0], _ROW), np.uint8)
     acc = np.empty(_LANES, np.int32)
     end_a, end_b = first_a + dst_a.shape[0], first_b + dst_b.shape[0]
     lo, hi = min(first_a, first_b), max(end_a, end_b)
