@@ -127,18 +127,19 @@ def _transpose_padded(src, y0, n, block, left, fill):  # pragma: no cover - comp
 
 
 @_jit
-def _filter(block, start, count, weights, result, acc):  # pragma: no cover - compiled
-    """``result[j, i] = clip((2**21 + sum_k weights[j, k] * block[start[j] + k, i]) >> 22)`` for every lane ``i``."""
+def _filter(rows, start, count, weights, result, acc, lanes):  # pragma: no cover - compiled
+    """``result[j, i] = clip((2**21 + sum_k weights[j, k] * rows[start[j] + k, i]) >> 22)`` for the first ``lanes``
+    bytes ``i`` of each row: one resampling pass along the first axis (Pillow's arithmetic)."""
     for j in range(start.shape[0]):
         s = start[j]
         w0 = weights[j, 0]
-        for i in range(_LANES):
-            acc[i] = _HALF + np.int32(block[s, i]) * w0
+        for i in range(lanes):
+            acc[i] = _HALF + np.int32(rows[s, i]) * w0
         for k in range(1, count[j]):
             wk = weights[j, k]
-            for i in range(_LANES):
-                acc[i] += np.int32(block[s + k, i]) * wk
-        for i in range(_LANES):
+            for i in range(lanes):
+                acc[i] += np.int32(rows[s + k, i]) * wk
+        for i in range(lanes):
             v = acc[i] >> PRECISION_BITS
             result[j, i] = 0 if v < 0 else (255 if v > 255 else v)
 
@@ -173,7 +174,7 @@ def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - co
     for b0 in range(0, rows, BLOCK_ROWS):
         n = min(BLOCK_ROWS, rows - b0)
         _transpose(src, first + b0, n, block)
-        _filter(block, start, count, weights, result, acc)
+        _filter(block, start, count, weights, result, acc, _LANES)
         _store(result, 0, n, dst, b0)
 
 
@@ -188,7 +189,7 @@ def horizontal_padded(src, first, start, count, weights, dst, canvas_width, left
     for b0 in range(0, rows, BLOCK_ROWS):
         n = min(BLOCK_ROWS, rows - b0)
         _transpose_padded(src, first + b0, n, block, left, fill)
-        _filter(block, start, count, weights, result, acc)
+        _filter(block, start, count, weights, result, acc, _LANES)
         _store(result, 0, n, dst, b0)
 
 
@@ -209,11 +210,11 @@ def horizontal_pair(
         _transpose(src, y0, n, block)
         a0, a1 = max(y0, first_a), min(y0 + n, end_a)
         if a1 > a0:
-            _filter(block, start_a, count_a, weights_a, result_a, acc)
+            _filter(block, start_a, count_a, weights_a, result_a, acc, _LANES)
             _store(result_a, a0 - y0, a1 - y0, dst_a, a0 - first_a)
         b0, b1 = max(y0, first_b), min(y0 + n, end_b)
         if b1 > b0:
-            _filter(block, start_b, count_b, weights_b, result_b, acc)
+            _filter(block, start_b, count_b, weights_b, result_b, acc, _LANES)
             _store(result_b, b0 - y0, b1 - y0, dst_b, b0 - first_b)
 
 
@@ -221,20 +222,7 @@ def horizontal_pair(
 def vertical(src, start, count, weights, dst):  # pragma: no cover - compiled
     """Resample ``src`` (uint8 ``[H, L]``) along the height into ``dst`` (uint8 ``[out, L]``); output row ``j`` reads
     ``count[j]`` rows from ``start[j]`` with the int32 ``weights[j]``."""
-    length = src.shape[1]
-    acc = np.empty(length, np.int32)
-    for j in range(start.shape[0]):
-        s = start[j]
-        w0 = weights[j, 0]
-        for i in range(length):
-            acc[i] = _HALF + np.int32(src[s, i]) * w0
-        for k in range(1, count[j]):
-            wk = weights[j, k]
-            for i in range(length):
-                acc[i] += np.int32(src[s + k, i]) * wk
-        for i in range(length):
-            v = acc[i] >> PRECISION_BITS
-            dst[j, i] = 0 if v < 0 else (255 if v > 255 else v)
+    _filter(src, start, count, weights, dst, np.empty(src.shape[1], np.int32), src.shape[1])
 
 
 @_jit
