@@ -226,19 +226,19 @@ def vertical(src, start, count, weights, dst):  # pragma: no cover - compiled
 
 
 @_jit
-def write_tiles(src, tiles, cols, top, left, scale, shift):  # pragma: no cover - compiled
+def write_tiles(src, tiles, cols, top, left, lut):  # pragma: no cover - compiled
     """Write ``src`` (uint8 ``[h, w * 3]``, interleaved RGB), placed at ``(top, left)`` on the canvas that the
-    row-major grid of ``cols`` square tiles ``tiles`` (float32 ``[n, 3, S, S]``) covers, as ``shift + scale * x``
-    per channel. Only the pixels the image covers are written."""
+    row-major grid of ``cols`` square tiles ``tiles`` (float32 ``[n, 3, S, S]``) covers, as ``lut[c, x]`` (float32
+    ``[3, 256]``: the normalised value of byte ``x`` in channel ``c``). Only the pixels the image covers are written."""
     size = tiles.shape[2]
     height = src.shape[0]
     width = src.shape[1] // 3
-    s0, s1, s2 = scale[0], scale[1], scale[2]
-    h0, h1, h2 = shift[0], shift[1], shift[2]
+    lut0, lut1, lut2 = lut[0], lut[1], lut[2]
     for y in range(height):
         cy = top + y
         ty = cy // size
         ry = cy - ty * size
+        row = src[y]
         x = 0
         while x < width:
             cx = left + x
@@ -249,7 +249,7 @@ def write_tiles(src, tiles, cols, top, left, scale, shift):  # pragma: no cover 
             row0, row1, row2 = tile[0, ry], tile[1, ry], tile[2, ry]
             for i in range(n):
                 p = (x + i) * 3
-                row0[rx + i] = h0 + s0 * np.float32(src[y, p])
-                row1[rx + i] = h1 + s1 * np.float32(src[y, p + 1])
-                row2[rx + i] = h2 + s2 * np.float32(src[y, p + 2])
+                row0[rx + i] = lut0[row[p]]
+                row1[rx + i] = lut1[row[p + 1]]
+                row2[rx + i] = lut2[row[p + 2]]
             x += n

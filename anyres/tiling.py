@@ -192,6 +192,12 @@ class _Tiles:
         ]
         self.planar = np.empty(0, np.uint8)
 
+    def lut(self) -> np.ndarray:
+        """float32 ``[3, 256]``: every byte value normalised per channel, with the same float32 arithmetic as
+        :meth:`byte_rows` (``shift + scale * x``)."""
+        levels = torch.arange(256, dtype=torch.float32)
+        return torch.stack([torch.add(shift, levels, alpha=scale) for shift, scale in self.affine]).numpy()
+
     def pad(self, height: int, width: int) -> None:
         """Fill every tile area outside the ``height x width`` image with normalised black."""
         s = self.size
@@ -256,10 +262,8 @@ class _Tiles:
         if content.dtype == torch.uint8:
             array = content.numpy()
             if _kernels.AVAILABLE and array.flags.c_contiguous and self.tiles.is_contiguous():
-                scale = np.array([a for _, a in self.affine], np.float32)
-                shift = np.array([float(t) for t, _ in self.affine], np.float32)
                 rows = array.reshape(array.shape[0], -1)
-                _kernels.write_tiles(rows, self.tiles.numpy(), self.cols, self.top, self.left, scale, shift)
+                _kernels.write_tiles(rows, self.tiles.numpy(), self.cols, self.top, self.left, self.lut())
             else:
                 self.byte_rows(0, content)
         else:
