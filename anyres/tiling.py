@@ -4,16 +4,11 @@ The exact default (``backend="pil"``) resizes with :mod:`anyres.resample`, a bit
 Pillow's BICUBIC / BILINEAR filters in compiled loops (other filters, an unrecognised Pillow or a missing numba use
 Pillow itself), so the pixels are exactly those of transformers' PIL image processors. ``backend="torch"`` uses
 torch's antialiased uint8 kernels for down-scaling (documented deviation). No canvas is built: every tile is written
-once into the output, padding included, with the per-channel normalisation fused into that write; the output is
-allocated with transparent huge pages where Linux offers them (first-touch page faults otherwise cost more than
-writing the tiles).
+once into the output, padding included, with the per-channel normalisation fused into that write.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,7 +143,6 @@ def _paste(
     (height, width), (top, left) = size, offsets
     h, w = int(image.shape[0]), int(image.shape[1])
     canvas = torch.empty((height, width, 3), dtype=torch.uint8)
-    _advise_huge_pages(canvas)
     rows = canvas.numpy().reshape(height, width * 3)
     pattern = np.tile(np.asarray(fill, np.uint8), width)  # one padded row; rows are filled by row copies
     rows[:top] = pattern
@@ -271,40 +265,8 @@ class _Tiles:
 
 
 def empty_tiles(count: int, size: int) -> torch.Tensor:
-    """An uninitialised float32 ``[count, 3, size, size]`` buffer, backed by transparent huge pages if possible."""
-    out = torch.empty((count, 3, size, size), dtype=torch.float32)
-    _advise_huge_pages(out)
-    return out
-
-
-_HUGE_PAGE = 2 << 20
-
-
-@functools.cache
-def _madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.madvise
-    except (OSError, AttributeError):  # pragma: no cover - not glibc-like
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _advise_huge_pages(tensor: torch.Tensor) -> None:
-    """Ask Linux to back the whole 2 MiB pages inside ``tensor``'s memory with huge pages (MADV_HUGEPAGE) before
-    they are first touched: one page fault per 2 MiB instead of 512. A no-op elsewhere or for small tensors."""
-    nbytes = tensor.numel() * tensor.element_size()
-    madvise = _madvise() if nbytes >= 2 * _HUGE_PAGE else None
-    if madvise is None:
-        return
-    begin = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-    end = (tensor.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if end > begin:
-        madvise(begin, end - begin, 14)  # MADV_HUGEPAGE; failure (e.g. THP disabled) only costs the speed-up
+    """An uninitialised float32 ``[count, 3, size, size]`` buffer for :func:`write_tiles`."""
+    return torch.empty((count, 3, size, size), dtype=torch.float32)
 
 
 def write_tiles(

@@ -1,10 +1,11 @@
 """Images/s of anyres preprocessing vs transformers' LLaVA-OneVision image processors, measured in one run.
 
-    python benchmarks/bench_preprocess.py [--repeats 7] [--strategy anyres_max_9]
+    python benchmarks/bench_preprocess.py [--repeats 8] [--strategy anyres_max_9]
 
 JPEG files of 640x480, 1024x768, 1920x1080 and 4032x3024 are generated (photo-like content), then each pipeline
 turns the *file* into normalised pixel values (decode included), on one thread. The pipelines are timed in
-interleaved rounds (one call of each per round; medians), so a machine whose load drifts slows them alike. Printed:
+interleaved rounds (one call of each per round, each round starting one pipeline later; medians), so neither a
+machine whose load drifts nor the pipeline that ran just before favours one of them. Printed:
 images/s for our exact default (bit-identical to ``LlavaOnevisionImageProcessorPil``), our ``resize_backend="torch"``
 path, our ``fast`` (reduced JPEG decode) mode, HF's torchvision and PIL backends, and the decode-only floors
 (Pillow's decoder, which HF uses; torchvision's and simplejpeg's, which our exact mode uses for rotated and upright
@@ -52,14 +53,18 @@ def timeit(fn: Callable[[], object], repeats: int) -> float:
 
 def time_all(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each function, measured in interleaved rounds (one call of each per round), so
-    that a machine whose load changes over time slows every pipeline alike instead of whichever ran then."""
+    that a machine whose load changes over time slows every pipeline alike instead of whichever ran then. Each round
+    starts one pipeline later than the previous one: what a call costs depends on what ran just before it (the
+    previous pipeline's freed memory, its evicted caches), so every pipeline takes every position in turn."""
+    names = list(fns)
     for fn in fns.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for round_ in range(repeats):
+        for k in range(len(names)):
+            name = names[(round_ + k) % len(names)]
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -68,7 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--repeats", type=int, default=8, help="rounds (8: each pipeline once in each position)"
+    )
     parser.add_argument("--strategy", default="anyres_max_9")
     args = parser.parse_args()
     torch.set_num_threads(1)
