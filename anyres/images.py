@@ -134,7 +134,9 @@ class _DecodeBuffer(threading.local):
     def get(self, shape: tuple[int, int, int]) -> np.ndarray:
         n = shape[0] * shape[1] * shape[2]
         if self.buffer.size < n:
-            self.buffer = np.empty(n, np.uint8)
+            from anyres.resample import mapped_bytes  # outside the malloc heap (see resample._Scratch)
+
+            self.buffer = mapped_bytes(n)
         return self.buffer[:n].reshape(shape)
 
 

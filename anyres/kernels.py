@@ -62,7 +62,9 @@ PRECISION_BITS = 22
 BLOCK_ROWS = 32
 _LANES = BLOCK_ROWS * 3
 #: Row length of the transposed blocks: the lanes plus room for the 4th byte of the last lane's 32-bit move.
-_ROW = _LANES + 4
+ROW = _LANES + 4
+_ROW = ROW
+LANES = _LANES
 _HALF = 1 << (PRECISION_BITS - 1)
 
 
@@ -163,13 +165,11 @@ def _store(result, r0, r1, dst, d0):  # pragma: no cover - compiled
 
 
 @_jit
-def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - compiled
+def horizontal(src, first, start, count, weights, dst, block, result, acc):  # pragma: no cover - compiled
     """Resample rows ``first : first + len(dst)`` of ``src`` (uint8 ``[H, W * 3]``, interleaved RGB) along the
     width into ``dst`` (uint8 ``[rows, out * 3]``). Output ``j`` reads ``count[j]`` pixels from ``start[j]`` with the
-    int32 ``weights[j]``."""
-    block = np.zeros((src.shape[1] // 3, _ROW), np.uint8)
-    result = np.empty((start.shape[0], _ROW), np.uint8)
-    acc = np.empty(_LANES, np.int32)
+    int32 ``weights[j]``. Work buffers (see :func:`work_shapes`): ``block`` uint8 ``[W, ROW]``, ``result`` uint8
+    ``[out, ROW]``, ``acc`` int32 ``[LANES]``; the kernels allocate nothing."""
     rows = dst.shape[0]
     for b0 in range(0, rows, BLOCK_ROWS):
         n = min(BLOCK_ROWS, rows - b0)
@@ -179,12 +179,11 @@ def horizontal(src, first, start, count, weights, dst):  # pragma: no cover - co
 
 
 @_jit
-def horizontal_padded(src, first, start, count, weights, dst, canvas_width, left, fill):  # pragma: no cover
-    """:func:`horizontal` of ``src`` rows placed at column ``left`` of ``canvas_width``-pixel rows padded with the
+def horizontal_padded(
+    src, first, start, count, weights, dst, left, fill, block, result, acc
+):  # pragma: no cover
+    """:func:`horizontal` of ``src`` rows placed at column ``left`` of ``len(block)``-pixel rows padded with the
     colour ``fill``."""
-    block = np.zeros((canvas_width, _ROW), np.uint8)
-    result = np.empty((start.shape[0], _ROW), np.uint8)
-    acc = np.empty(_LANES, np.int32)
     rows = dst.shape[0]
     for b0 in range(0, rows, BLOCK_ROWS):
         n = min(BLOCK_ROWS, rows - b0)
@@ -195,14 +194,24 @@ def horizontal_padded(src, first, start, count, weights, dst, canvas_width, left
 
 @_jit
 def horizontal_pair(
-    src, first_a, start_a, count_a, weights_a, dst_a, first_b, start_b, count_b, weights_b, dst_b
+    src,
+    first_a,
+    start_a,
+    count_a,
+    weights_a,
+    dst_a,
+    first_b,
+    start_b,
+    count_b,
+    weights_b,
+    dst_b,
+    block,
+    result_a,
+    result_b,
+    acc,
 ):  # pragma: no cover - compiled
     """:func:`horizontal` for two outputs of the same rows' source (e.g. a base tile and a grid canvas), sharing the
     transposed blocks: each target resamples the block rows inside its own range ``first_x : first_x + len(dst_x)``."""
-    block = np.zeros((src.shape[1] // 3, _ROW), np.uint8)
-    result_a = np.empty((start_a.shape[0], _ROW), np.uint8)
-    result_b = np.empty((start_b.shape[0], _ROW), np.uint8)
-    acc = np.empty(_LANES, np.int32)
     end_a, end_b = first_a + dst_a.shape[0], first_b + dst_b.shape[0]
     lo, hi = min(first_a, first_b), max(end_a, end_b)
     for y0 in range(lo, hi, BLOCK_ROWS):
@@ -219,10 +228,10 @@ def horizontal_pair(
 
 
 @_jit
-def vertical(src, start, count, weights, dst):  # pragma: no cover - compiled
+def vertical(src, start, count, weights, dst, acc):  # pragma: no cover - compiled
     """Resample ``src`` (uint8 ``[H, L]``) along the height into ``dst`` (uint8 ``[out, L]``); output row ``j`` reads
     ``count[j]`` rows from ``start[j]`` with the int32 ``weights[j]``."""
-    _filter(src, start, count, weights, dst, np.empty(src.shape[1], np.int32), src.shape[1])
+    _filter(src, start, count, weights, dst, acc, src.shape[1])
 
 
 @_jit

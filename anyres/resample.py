@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import mmap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,17 +105,32 @@ def _kernel_weights(in_size: int, out_size: int, resample: str) -> tuple[np.ndar
 
 class _Scratch(threading.local):
     """Per-thread reusable byte buffers for intermediates: fresh large allocations cost more in page faults than the
-    pass that fills them."""
+    pass that fills them. They are anonymous memory maps of their own, outside the malloc heap: long-lived buffers
+    inside it would split the free space that the caller's (and other libraries') large, short-lived buffers are
+    reused from, and those would then page-fault afresh on every call."""
 
     def __init__(self) -> None:
         self.buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        n = shape[0] * shape[1]
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+        n = math.prod(shape) * np.dtype(dtype).itemsize
         buf = self.buffers.get(name)
         if buf is None or buf.size < n:
-            buf = self.buffers[name] = np.empty(n, np.uint8)
-        return buf[:n].reshape(shape)
+            buf = self.buffers[name] = mapped_bytes(n)
+        return buf[:n].view(dtype).reshape(shape)
+
+    def work(self, width: int, outs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(block, result, acc)`` for a horizontal pass over ``width``-pixel rows to ``outs`` pixels."""
+        return (
+            self.get("block", (width, kernels.ROW)),
+            self.get(f"result{outs}", (outs, kernels.ROW)),
+            self.get("acc", (kernels.LANES,), np.int32),
+        )
+
+
+def mapped_bytes(n: int) -> np.ndarray:
+    """A writable uint8 array of ``n`` bytes in an anonymous memory map of its own (freed with the array)."""
+    return np.frombuffer(mmap.mmap(-1, max(1, n)), np.uint8)[:n]
 
 
 _scratch = _Scratch()
@@ -133,7 +149,7 @@ def _horizontal(
     start, count, weights = _kernel_weights(in_w, width, resample)
     shape = (rows, width * 3)
     out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
-    kernels.horizontal(src, first, start, count, weights, out)
+    kernels.horizontal(src, first, start, count, weights, out, *_scratch.work(in_w, width))
     return out
 
 
@@ -149,7 +165,8 @@ def _vertical(
     start, count, weights = _kernel_weights(src.shape[0] if in_h is None else in_h, height, resample)
     shape = (height, src.shape[1])
     out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
-    kernels.vertical(src, start - offset if offset else start, count, weights, out)
+    acc = _scratch.get("vacc", (src.shape[1],), np.int32)
+    kernels.vertical(src, start - offset if offset else start, count, weights, out, acc)
     return out
 
 
@@ -235,6 +252,8 @@ def resize_padded(
     height: int,
     width: int,
     resample: str,
+    *,
+    reuse: bool = False,
 ) -> torch.Tensor | None:
     """:func:`resize` of ``image`` pasted at ``offsets`` (top, left) on a ``canvas`` (height, width) of colour
     ``fill`` — LLaVA's ``expand2square`` then resize — without building the canvas: rows of pure padding are
@@ -258,14 +277,24 @@ def resize_padded(
     a, b = max(first, top), min(last, top + in_h)  # canvas rows that hold image pixels
     if a > first or b < last:  # rows of pure padding: all equal to one resampled padding row
         padding = np.empty((1, width * 3), np.uint8)
-        kernels.horizontal(np.tile(colour, canvas_w)[None], 0, hs, hc, hw, padding)
+        kernels.horizontal(
+            np.tile(colour, canvas_w)[None], 0, hs, hc, hw, padding, *_scratch.work(canvas_w, width)
+        )
         mid[: max(0, a - first)] = padding
         mid[max(0, b - first) :] = padding
     if b > a:
         kernels.horizontal_padded(
-            _rows(array), a - top, hs, hc, hw, mid[a - first : b - first], canvas_w, left, colour
+            _rows(array),
+            a - top,
+            hs,
+            hc,
+            hw,
+            mid[a - first : b - first],
+            left,
+            colour,
+            *_scratch.work(canvas_w, width),
         )
-    out = _vertical(mid, height, resample, offset=first, in_h=canvas_h)
+    out = _vertical(mid, height, resample, offset=first, in_h=canvas_h, out_name="padded" if reuse else "")
     return torch.from_numpy(out.reshape(height, width, 3))
 
 
@@ -313,7 +342,9 @@ def resize_many(
             mid = _scratch.get(f"mid{i}", (last - first, w * 3))
             args += [first, hs, hc, hw, mid]
             mids.append((i, mid, first))
-        kernels.horizontal_pair(src, *args)
+        block, result_a, acc = _scratch.work(in_w, sizes[pair[0]][1])
+        result_b = _scratch.get(f"result{sizes[pair[1]][1]}b", (sizes[pair[1]][1], kernels.ROW))
+        kernels.horizontal_pair(src, *args, block, result_a, result_b, acc)
         for i, mid, first in mids:
             h, w = sizes[i]
             out = _vertical(mid, h, resample, offset=first, in_h=in_h, out_name=f"out{i}" if reuse else "")

@@ -9,6 +9,9 @@ once into the output, padding included, with the per-channel normalisation fused
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,16 +66,17 @@ class Resized:
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
 
-    def materialize(self) -> torch.Tensor:
-        """The resized image as an HWC uint8 tensor (the exact engine, else Pillow; identical pixels)."""
+    def materialize(self, reuse: bool = False) -> torch.Tensor:
+        """The resized image as an HWC uint8 tensor (the exact engine, else Pillow; identical pixels). ``reuse``: may
+        be a per-thread buffer that the next resize overwrites (for :func:`write_tiles`, which consumes it at once)."""
         image = self.image
         if self.canvas is not None:
             args = (self.canvas, self.offsets, self.fill, self.height, self.width, self.resample)
-            exact = _resample.resize_padded(image, *args)
+            exact = _resample.resize_padded(image, *args, reuse=reuse)
             if exact is not None:
                 return exact
             image = _paste(image, self.canvas, self.offsets, self.fill)
-        exact = _resample.resize(image, self.height, self.width, self.resample)
+        exact = _resample.resize_many(image, [(self.height, self.width)], self.resample, reuse=reuse)[0]
         if exact is not None:
             return exact
         pil = Image.fromarray(np.ascontiguousarray(image.numpy()), "RGB")
@@ -252,7 +256,7 @@ class _Tiles:
 
     def write(self, content: torch.Tensor | Resized) -> None:
         if isinstance(content, Resized):
-            content = content.materialize()
+            content = content.materialize(reuse=True)
         if content.dtype == torch.uint8:
             array = content.numpy()
             if _kernels.AVAILABLE and array.flags.c_contiguous and self.tiles.is_contiguous():
@@ -265,8 +269,47 @@ class _Tiles:
 
 
 def empty_tiles(count: int, size: int) -> torch.Tensor:
-    """An uninitialised float32 ``[count, 3, size, size]`` buffer for :func:`write_tiles`."""
-    return torch.empty((count, 3, size, size), dtype=torch.float32)
+    """An uninitialised float32 ``[count, 3, size, size]`` buffer for :func:`write_tiles`.
+
+    Buffers of at least :data:`HUGE_PAGES_FROM` bytes ask Linux for transparent huge pages: glibc always maps such
+    sizes fresh from the kernel, so their first touch page-faults every 4 KiB page; a huge page costs one fault per
+    2 MiB. Smaller buffers are left alone: glibc hands a freed one out again without any fault, and the advice
+    would defeat that (measured: slower at 1920x1080, faster at 4032x3024)."""
+    out = torch.empty((count, 3, size, size), dtype=torch.float32)
+    if out.numel() * 4 >= HUGE_PAGES_FROM:
+        _advise_huge_pages(out)
+    return out
+
+
+#: glibc's largest mmap threshold on 64-bit systems: allocations this large are always fresh mappings.
+HUGE_PAGES_FROM = 32 << 20
+_HUGE_PAGE = 2 << 20
+
+
+@functools.cache
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # pragma: no cover - not a glibc-like libc
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _advise_huge_pages(tensor: torch.Tensor) -> None:
+    """MADV_HUGEPAGE on the whole 2 MiB pages inside ``tensor``'s memory, before they are first touched; failure
+    (THP disabled, not Linux) only loses the speed-up."""
+    madvise = _madvise()
+    if madvise is None:
+        return
+    nbytes = tensor.numel() * tensor.element_size()
+    begin = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+    end = (tensor.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    if end > begin:
+        madvise(begin, end - begin, 14)  # MADV_HUGEPAGE
 
 
 def write_tiles(

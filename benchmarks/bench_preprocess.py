@@ -1,6 +1,6 @@
 """Images/s of anyres preprocessing vs transformers' LLaVA-OneVision image processors, measured in one run.
 
-    python benchmarks/bench_preprocess.py [--repeats 8] [--strategy anyres_max_9]
+    python benchmarks/bench_preprocess.py [--repeats 16] [--strategy anyres_max_9]
 
 JPEG files of 640x480, 1024x768, 1920x1080 and 4032x3024 are generated (photo-like content), then each pipeline
 turns the *file* into normalised pixel values (decode included), on one thread. The pipelines are timed in
@@ -74,7 +74,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--repeats", type=int, default=8, help="rounds (8: each pipeline once in each position)"
+        "--repeats", type=int, default=16, help="rounds (16: each pipeline twice in each position)"
     )
     parser.add_argument("--strategy", default="anyres_max_9")
     args = parser.parse_args()

@@ -59,6 +59,24 @@ def test_compiled_path_equals_pillow_and_torch_fallback(monkeypatch, name):
     assert (compiled - fallback).abs().max().item() < 1e-6
 
 
+def test_only_large_tile_buffers_ask_for_huge_pages(monkeypatch):
+    from anyres import tiling
+
+    calls = []
+    monkeypatch.setattr(
+        tiling, "_madvise", lambda: lambda addr, length, advice: calls.append((addr, length, advice))
+    )
+    out = tiling.empty_tiles(31, 384)  # 55 MB: always a fresh mapping, so worth huge pages
+    assert out.shape == (31, 3, 384, 384) and out.dtype == torch.float32
+    ((addr, length, advice),) = calls
+    page = 2 << 20
+    assert advice == 14 and addr % page == 0 and length % page == 0 and length > 0
+    assert out.data_ptr() <= addr and addr + length <= out.data_ptr() + out.numel() * 4
+    calls.clear()
+    tiling.empty_tiles(16, 384)  # 28 MB: glibc reuses freed heap memory without faults; left alone
+    assert calls == []
+
+
 def test_base_tile_first_then_row_major_grid():
     # a 2x2-tile image whose quadrants are solid colours: tile order must be TL, TR, BL, BR after the base
     arr = np.zeros((128, 128, 3), dtype=np.uint8)
