@@ -1,11 +1,12 @@
 """Images/s of anyres preprocessing vs transformers' LLaVA-OneVision image processors, measured in one run.
 
-    python benchmarks/bench_preprocess.py [--repeats 16] [--strategy anyres_max_9]
+    python benchmarks/bench_preprocess.py [--repeats 8] [--strategy anyres_max_9]
 
 JPEG files of 640x480, 1024x768, 1920x1080 and 4032x3024 are generated (photo-like content), then each pipeline
 turns the *file* into normalised pixel values (decode included), on one thread. The pipelines are timed in
-interleaved rounds (one call of each per round, each round starting one pipeline later; medians), so neither a
-machine whose load drifts nor the pipeline that ran just before favours one of them. Printed:
+interleaved rounds of short bursts (each pipeline runs 3 calls in a row and the last 2 count, so every pipeline is
+timed in its own steady state rather than after whichever pipeline freed memory just before it; each round starts
+one pipeline later; medians), so a machine whose load drifts slows them alike. Printed:
 images/s for our exact default (bit-identical to ``LlavaOnevisionImageProcessorPil``), our ``resize_backend="torch"``
 path, our ``fast`` (reduced JPEG decode) mode, HF's torchvision and PIL backends, and the decode-only floors
 (Pillow's decoder, which HF uses; torchvision's and simplejpeg's, which our exact mode uses for rotated and upright
@@ -51,11 +52,14 @@ def timeit(fn: Callable[[], object], repeats: int) -> float:
     return time_all({"fn": fn}, repeats)["fn"]
 
 
-def time_all(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds (one call of each per round), so
-    that a machine whose load changes over time slows every pipeline alike instead of whichever ran then. Each round
-    starts one pipeline later than the previous one: what a call costs depends on what ran just before it (the
-    previous pipeline's freed memory, its evicted caches), so every pipeline takes every position in turn."""
+def time_all(fns: dict[str, Callable[[], object]], repeats: int, burst: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function in its steady state, measured in interleaved rounds.
+
+    Each round runs every pipeline for ``burst`` consecutive calls and keeps all but the first: a call's cost
+    depends on what ran just before it (the memory the previous pipeline freed or the allocator gave back to the
+    kernel, its evicted caches), so the first call of a burst pays for its predecessor while the others see the
+    pipeline's own steady state, as in a data-loading loop. Interleaving the rounds (each starting one pipeline
+    later) makes a machine whose load drifts slow every pipeline alike."""
     names = list(fns)
     for fn in fns.values():
         fn()  # warm-up
@@ -63,9 +67,11 @@ def time_all(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, fl
     for round_ in range(repeats):
         for k in range(len(names)):
             name = names[(round_ + k) % len(names)]
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
+            for call in range(burst):
+                start = time.perf_counter()
+                fns[name]()
+                if call:
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -73,9 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--repeats", type=int, default=16, help="rounds (16: each pipeline twice in each position)"
-    )
+    parser.add_argument("--repeats", type=int, default=8, help="rounds (8: each pipeline starts one round)")
     parser.add_argument("--strategy", default="anyres_max_9")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -129,7 +133,10 @@ def main() -> None:
                 )
             )
 
-    print(f"strategy {args.strategy}; images/s, one thread, JPEG decode included (median of {args.repeats})")
+    print(
+        f"strategy {args.strategy}; images/s, one thread, JPEG decode included "
+        f"(median of {2 * args.repeats} steady-state calls)"
+    )
     header = f"{'image':>10} {'dec PIL':>8} {'dec tv':>8} {'dec sj':>8} {'ours':>8} {'torch':>8} {'fast':>8} {'HF tv':>8} {'HF PIL':>8}"
     print(header + f" {'ours/tv':>8} {'torch/tv':>8} {'fast/tv':>8} {'ours/PIL':>8}")
     for name, t, _, _, _ in rows:
