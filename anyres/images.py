@@ -14,7 +14,6 @@ channels) and CHW ``uint8`` torch tensors. EXIF orientation is applied. Modes ar
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -127,22 +126,6 @@ def load_pixels(
     return from_pil(loaded.image), loaded.source
 
 
-class _DecodeBuffer(threading.local):
-    def __init__(self) -> None:
-        self.buffer = np.empty(0, np.uint8)
-
-    def get(self, shape: tuple[int, int, int]) -> np.ndarray:
-        n = shape[0] * shape[1] * shape[2]
-        if self.buffer.size < n:
-            from anyres.resample import mapped_bytes  # outside the malloc heap (see resample._Scratch)
-
-            self.buffer = mapped_bytes(n)
-        return self.buffer[:n].reshape(shape)
-
-
-_decode_buffer = _DecodeBuffer()
-
-
 def _decode_jpeg(path: str, max_pixels: int, decoder: str | None = None, reuse: bool = False):
     """HWC uint8 RGB tensor of a baseline JPEG file (RGB or grey), decoded with libjpeg-turbo's exact settings (islow
     IDCT, fancy upsampling: Pillow's pixels); ``None`` when the file should take the PIL path. ``decoder`` forces
@@ -172,13 +155,13 @@ def _decode_jpeg(path: str, max_pixels: int, decoder: str | None = None, reuse: 
         try:
             import simplejpeg
 
-            out = _decode_buffer.get((height, width, 3)) if reuse else None
+            out = _reused_buffer((height, width, 3)) if reuse else None
             array = simplejpeg.decode_jpeg(
                 data, colorspace="RGB", fastdct=False, fastupsample=False, buffer=out
             )
         except (ImportError, ValueError):  # missing binding, or data it rejects: try torchvision
-            pass
-        else:
+            array = None
+        if array is not None:
             return torch.from_numpy(array)
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -193,6 +176,13 @@ def _decode_jpeg(path: str, max_pixels: int, decoder: str | None = None, reuse: 
     except RuntimeError:
         return None
     return chw.permute(1, 2, 0).contiguous()
+
+
+def _reused_buffer(shape: tuple[int, int, int]) -> np.ndarray:
+    """The per-thread decode buffer (one of :mod:`anyres.resample`'s reused buffers, outside the malloc heap)."""
+    from anyres.resample import scratch
+
+    return scratch.get("decode", shape)
 
 
 def peek_size(obj: Any) -> tuple[int, int] | None:

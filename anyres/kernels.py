@@ -58,12 +58,11 @@ if AVAILABLE:
 
 PRECISION_BITS = 22
 #: Rows resampled together by the horizontal pass: their pixels are transposed into one block so that the
-#: innermost loop runs over ``BLOCK_ROWS * 3`` contiguous bytes (vectorised) instead of along a row (a reduction).
-BLOCK_ROWS = 32
-_LANES = BLOCK_ROWS * 3
+#: innermost loop runs over ``BLOCKROWS * 3`` contiguous bytes (vectorised) instead of along a row (a reduction).
+BLOCKROWS = 32
+_LANES = BLOCKROWS * 3
 #: Row length of the transposed blocks: the lanes plus room for the 4th byte of the last lane's 32-bit move.
 ROW = _LANES + 4
-_ROW = ROW
 LANES = _LANES
 _HALF = 1 << (PRECISION_BITS - 1)
 
@@ -79,7 +78,7 @@ def _jit(fn):
 
 @_jit
 def _transpose(src, y0, n, block):  # pragma: no cover - compiled
-    """``block[x, r * 3 + c] = src[y0 + r, x * 3 + c]`` for the ``n <= BLOCK_ROWS`` rows from ``y0``.
+    """``block[x, r * 3 + c] = src[y0 + r, x * 3 + c]`` for the ``n <= BLOCKROWS`` rows from ``y0``.
 
     Each pixel moves as one unaligned 32-bit load and store (its 4th byte is overwritten by the next row's pixel,
     or lands in the block's spare bytes); the last pixel of a row, whose 4th byte lies past the row, moves by bytes.
@@ -171,8 +170,8 @@ def horizontal(src, first, start, count, weights, dst, block, result, acc):  # p
     int32 ``weights[j]``. Work buffers (see :func:`work_shapes`): ``block`` uint8 ``[W, ROW]``, ``result`` uint8
     ``[out, ROW]``, ``acc`` int32 ``[LANES]``; the kernels allocate nothing."""
     rows = dst.shape[0]
-    for b0 in range(0, rows, BLOCK_ROWS):
-        n = min(BLOCK_ROWS, rows - b0)
+    for b0 in range(0, rows, BLOCKROWS):
+        n = min(BLOCKROWS, rows - b0)
         _transpose(src, first + b0, n, block)
         _filter(block, start, count, weights, result, acc, _LANES)
         _store(result, 0, n, dst, b0)
@@ -185,8 +184,8 @@ def horizontal_padded(
     """:func:`horizontal` of ``src`` rows placed at column ``left`` of ``len(block)``-pixel rows padded with the
     colour ``fill``."""
     rows = dst.shape[0]
-    for b0 in range(0, rows, BLOCK_ROWS):
-        n = min(BLOCK_ROWS, rows - b0)
+    for b0 in range(0, rows, BLOCKROWS):
+        n = min(BLOCKROWS, rows - b0)
         _transpose_padded(src, first + b0, n, block, left, fill)
         _filter(block, start, count, weights, result, acc, _LANES)
         _store(result, 0, n, dst, b0)
@@ -214,8 +213,8 @@ def horizontal_pair(
     transposed blocks: each target resamples the block rows inside its own range ``first_x : first_x + len(dst_x)``."""
     end_a, end_b = first_a + dst_a.shape[0], first_b + dst_b.shape[0]
     lo, hi = min(first_a, first_b), max(end_a, end_b)
-    for y0 in range(lo, hi, BLOCK_ROWS):
-        n = min(BLOCK_ROWS, hi - y0)
+    for y0 in range(lo, hi, BLOCKROWS):
+        n = min(BLOCKROWS, hi - y0)
         _transpose(src, y0, n, block)
         a0, a1 = max(y0, first_a), min(y0 + n, end_a)
         if a1 > a0:

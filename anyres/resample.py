@@ -133,7 +133,7 @@ def mapped_bytes(n: int) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, max(1, n)), np.uint8)[:n]
 
 
-_scratch = _Scratch()
+scratch = _Scratch()
 
 
 def _rows(image: np.ndarray) -> np.ndarray:
@@ -148,8 +148,8 @@ def _horizontal(
     rows = src.shape[0] - first if rows is None else rows
     start, count, weights = _kernel_weights(in_w, width, resample)
     shape = (rows, width * 3)
-    out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
-    kernels.horizontal(src, first, start, count, weights, out, *_scratch.work(in_w, width))
+    out = scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
+    kernels.horizontal(src, first, start, count, weights, out, *scratch.work(in_w, width))
     return out
 
 
@@ -164,8 +164,8 @@ def _vertical(
     """Rows of ``src`` hold input rows ``offset ..``; ``in_h`` is the full input height (for the weights)."""
     start, count, weights = _kernel_weights(src.shape[0] if in_h is None else in_h, height, resample)
     shape = (height, src.shape[1])
-    out = _scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
-    acc = _scratch.get("vacc", (src.shape[1],), np.int32)
+    out = scratch.get(out_name, shape) if out_name else np.empty(shape, np.uint8)
+    acc = scratch.get("vacc", (src.shape[1],), np.int32)
     kernels.vertical(src, start - offset if offset else start, count, weights, out, acc)
     return out
 
@@ -273,12 +273,12 @@ def resize_padded(
     vstart, vcount, _ = _kernel_weights(canvas_h, height, resample)
     first, last = int(vstart[0]), int((vstart + vcount).max())  # Pillow's ybox
     hs, hc, hw = _kernel_weights(canvas_w, width, resample)
-    mid = _scratch.get("mid", (last - first, width * 3))
+    mid = scratch.get("mid", (last - first, width * 3))
     a, b = max(first, top), min(last, top + in_h)  # canvas rows that hold image pixels
     if a > first or b < last:  # rows of pure padding: all equal to one resampled padding row
         padding = np.empty((1, width * 3), np.uint8)
         kernels.horizontal(
-            np.tile(colour, canvas_w)[None], 0, hs, hc, hw, padding, *_scratch.work(canvas_w, width)
+            np.tile(colour, canvas_w)[None], 0, hs, hc, hw, padding, *scratch.work(canvas_w, width)
         )
         mid[: max(0, a - first)] = padding
         mid[max(0, b - first) :] = padding
@@ -292,7 +292,7 @@ def resize_padded(
             mid[a - first : b - first],
             left,
             colour,
-            *_scratch.work(canvas_w, width),
+            *scratch.work(canvas_w, width),
         )
     out = _vertical(mid, height, resample, offset=first, in_h=canvas_h, out_name="padded" if reuse else "")
     return torch.from_numpy(out.reshape(height, width, 3))
@@ -339,11 +339,11 @@ def resize_many(
             start, count, _ = _kernel_weights(in_h, h, resample)
             first, last = int(start[0]), int((start + count).max())
             hs, hc, hw = _kernel_weights(in_w, w, resample)
-            mid = _scratch.get(f"mid{i}", (last - first, w * 3))
+            mid = scratch.get(f"mid{i}", (last - first, w * 3))
             args += [first, hs, hc, hw, mid]
             mids.append((i, mid, first))
-        block, result_a, acc = _scratch.work(in_w, sizes[pair[0]][1])
-        result_b = _scratch.get(f"result{sizes[pair[1]][1]}b", (sizes[pair[1]][1], kernels.ROW))
+        block, result_a, acc = scratch.work(in_w, sizes[pair[0]][1])
+        result_b = scratch.get(f"result{sizes[pair[1]][1]}b", (sizes[pair[1]][1], kernels.ROW))
         kernels.horizontal_pair(src, *args, block, result_a, result_b, acc)
         for i, mid, first in mids:
             h, w = sizes[i]

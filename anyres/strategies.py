@@ -163,32 +163,14 @@ class Strategy:
     def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
         return None
 
-    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
-        """The resizes (``(from, to)``) that :meth:`_pixels` makes for an image of ``size``; ``None``: unknown."""
-        return None
-
-    def _wants_pil(self, image: Any, draft: tuple[int, int] | None, peeked: tuple[int, int] | None) -> bool:
-        """Whether to decode with Pillow and resize there: in the exact mode, when Pillow does some resize faster
-        than the exact engine (which needs the pixels as a tensor, best decoded by torchvision for JPEG files)."""
-        from anyres import tiling
+    def _wants_pil(self, image: Any, draft: tuple[int, int] | None) -> bool:
+        """Whether to keep the pixels a PIL image and resize with Pillow: in the exact mode when the exact engine
+        cannot compute this strategy's filter (another filter, or numba missing); the pixels are the same."""
+        from anyres import resample
 
         if self.resize_backend != "pil" or draft is not None:
             return False
-        if isinstance(image, Image.Image):
-            size = ImageSize.from_pil(image.size)
-        elif peeked is not None:  # the header was already read (fast mode)
-            size = ImageSize.from_pil(peeked)
-        elif isinstance(image, (str, os.PathLike)):
-            try:
-                size = ImageSize.from_pil(peek_size(image))
-            except ImageError:
-                return True  # let Pillow report the problem
-        else:
-            return False
-        resizes = self._resizes(size)
-        if resizes is None:
-            return False
-        return not all(tiling.suits_exact_engine(a, b, self.resample) for a, b in resizes if a != b)
+        return isinstance(image, (Image.Image, str, os.PathLike)) and not resample.available(self.resample)
 
     def preprocess(self, image: Any) -> Tiles:
         """Pixels for one image: float32 ``[num_tiles, 3, S, S]``, base tile first, grid tiles row-major."""
@@ -206,10 +188,10 @@ class Strategy:
                 peeked = peek_size(image)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
-            if self._wants_pil(image, draft, peeked):
+            if self._wants_pil(image, draft):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
-            elif draft is None and (header := _header_size(image)) is not None:
+            elif draft is None and (header := peeked or _header_size(image)) is not None:
                 # a file: decoded in the second loop, one at a time, into a reused buffer
                 pixels, source, peeked = None, describe(image), header
             else:
@@ -281,10 +263,6 @@ class PadStrategy(Strategy):
             max(1, -(-size.width * self.tile_size // side)),
             max(1, -(-size.height * self.tile_size // side)),
         )
-
-    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
-        side = max(size)
-        return [(ImageSize(side, side), ImageSize(self.tile_size, self.tile_size))]
 
     def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
         from anyres import tiling
@@ -370,12 +348,6 @@ class AnyResStrategy(Strategy):
         (top, left), (rh, rw) = layout.offsets, layout.resized
         canvas[top : top + rh, left : left + rw] = _materialize(content)
         return _materialize(base), canvas
-
-    def _resizes(self, size: ImageSize) -> list[tuple[ImageSize, ImageSize]] | None:
-        s = ImageSize(self.tile_size, self.tile_size)
-        side = max(size)
-        base = size if self.base_image == "squash" else ImageSize(side, side)
-        return [(base, s), (size, self.layout(size).resized)]
 
     def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
         from anyres import tiling

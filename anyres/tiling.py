@@ -83,11 +83,6 @@ class Resized:
         return from_pil(pil.resize((self.width, self.height), RESAMPLE[self.resample]))
 
 
-def suits_exact_engine(in_size: Sequence[int], out_size: Sequence[int], resample: str) -> bool:
-    """Whether the exact engine resizes ``(H, W)`` to ``(h, w)`` (else Pillow; the pixels are identical)."""
-    return _resample.available(resample)
-
-
 def resize(
     image: Image.Image | torch.Tensor,
     height: int,
@@ -102,7 +97,7 @@ def resize(
     Returns an HWC tensor of pixel values 0..255 (uint8, or float32 holding integers), or with ``lazy=True`` a
     :class:`Resized` that :func:`write_tiles` computes (for tensors). ``backend="pil"`` (the default) is
     bit-identical to Pillow's ``Image.resize``: PIL images are resized by Pillow, tensors by Pillow or the exact
-    engine (see :func:`suits_exact_engine`). ``backend="torch"`` uses torch's antialiased uint8 kernels for
+    engine (see :func:`anyres.resample.available`). ``backend="torch"`` uses torch's antialiased uint8 kernels for
     down-scaling (several times faster; it always runs the horizontal pass first and rounds its weights to 16 bits,
     so sharp edges can differ by a few levels); up-scaling stays exact.
     """
@@ -121,7 +116,7 @@ def resize(
         )
         return out[0].permute(1, 2, 0)
     if isinstance(image, Image.Image):
-        if not suits_exact_engine(size, (height, width), resample):
+        if not _resample.available(resample):
             return from_pil(image.resize((width, height), RESAMPLE[resample]))
         image = from_pil(image)
     pending = Resized(image, height, width, resample)
