@@ -8,7 +8,12 @@ Low level (transformers-style)::
 High level::
 
     pipe.generate("What is this?", images=[img])                 # -> str
-    pipe.chat([{"role": "user", "content": "<video>\\nDescribe."}], videos=["clip.mp4"], stream=True)  # -> iterator
+    pipe.chat([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
+                                            {"type": "text", "text": "Describe."}]}], stream=True)  # -> iterator
+
+Prompts and message text are plain text: a special token typed in them (``<|im_end|>``, ``</s>``, ``<image>``, any
+special token of the tokenizer) is encoded as its characters. Only the chat template adds control tokens, and only
+media parts (or ``images=`` / ``videos=``) add visual slots.
 """
 
 from __future__ import annotations
@@ -59,12 +64,13 @@ class Pipeline:
     ) -> str | Iterator[str]:
         """Answer one user ``prompt`` about optional ``images`` and/or a ``video`` (path, Clip or frames).
 
-        Without tags in ``prompt``, one ``<image>\\n`` per image and one ``<video>\\n`` are put in front of it.
+        The images, then the videos, go in front of the prompt (one ``<image>\\n`` / ``<video>\\n`` slot each);
+        ``prompt`` is plain text, tags typed in it included.
         Options: ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``num_frames``, ``seed``.
         """
         videos = list(videos or ()) + ([video] if video is not None else [])
         messages: list[dict[str, Any]] = [] if system is None else [{"role": "system", "content": system}]
-        messages.append({"role": "user", "content": self._with_tags(prompt, len(images or ()), len(videos))})
+        messages.append({"role": "user", "content": prompt})
         return self.chat(messages, images=images, videos=videos, stream=stream, **options)
 
     def chat(
@@ -77,7 +83,8 @@ class Pipeline:
         **options: Any,
     ) -> str | Iterator[str]:
         """Continue a conversation (``{"role","content"}`` turns, content may hold image/video parts) with the
-        assistant's next answer. ``stream=True`` returns an iterator of text pieces."""
+        assistant's next answer. ``images`` / ``videos`` given here go in front of the first user turn. Message
+        text is plain text (typed special tokens and tags included). ``stream=True`` returns an iterator."""
         if stream:
             return self._stream([(messages, images, videos)], options)
         return self.batch([{"messages": messages, "images": images, "videos": videos}], **options)[0]
@@ -94,12 +101,6 @@ class Pipeline:
         return answers
 
     # -- internals ------------------------------------------------------------------------------------------
-    def _with_tags(self, prompt: str, n_images: int, n_videos: int) -> str:
-        p = self.processor
-        if p.image_token in prompt or p.video_token in prompt:
-            return prompt
-        return (p.image_token + "\n") * n_images + (p.video_token + "\n") * n_videos + prompt
-
     def _request(self, r: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         videos = list(r.get("videos") or ()) + ([r["video"]] if r.get("video") is not None else [])
         images = list(r.get("images") or ())
@@ -107,11 +108,7 @@ class Pipeline:
             return r["messages"], images, videos
         if r.get("prompt") is None:
             raise InputError("a request needs 'messages' or 'prompt'")
-        return (
-            [{"role": "user", "content": self._with_tags(r["prompt"], len(images), len(videos))}],
-            images,
-            videos,
-        )
+        return [{"role": "user", "content": r["prompt"]}], images, videos
 
     def _inputs(self, requests: Sequence[tuple[Any, Any, Any]], num_frames: int | None):
         samples = []
@@ -123,11 +120,10 @@ class Pipeline:
                 raise InputError("the conversation already ends with an assistant turn")
             samples.append(
                 self.processor.build_sample(
-                    messages,
-                    images=images or None,
-                    videos=videos or None,
+                    _with_media(messages, images or (), videos or ()),
                     add_generation_prompt=True,
                     num_frames=num_frames,
+                    tags_in_text=False,  # only media parts are slots; typed tags are text
                 )
             )
             for key in ("labels",):
@@ -172,6 +168,33 @@ class Pipeline:
                 raise errors[0]
 
         return pieces()
+
+
+def _with_media(
+    messages: Sequence[Mapping[str, Any]], images: Sequence[Any], videos: Sequence[Any]
+) -> list[Mapping[str, Any]]:
+    """``messages`` with ``images`` then ``videos`` as media parts in front of the first user turn."""
+    if not images and not videos:
+        return list(messages)
+    for i, turn in enumerate(messages):
+        content = turn.get("content", turn.get("value", ""))
+        if not isinstance(content, str) and any(p.get("type") in ("image", "video") for p in content):
+            raise InputError(
+                f"message {i}: media were given both inside message parts and as arguments; use one of the two"
+            )
+    parts = [{"type": "image", "image": x} for x in images] + [{"type": "video", "video": x} for x in videos]
+    out, placed = [], False
+    for turn in messages:
+        role = turn.get("role", turn.get("from"))
+        if not placed and role in ("user", "human"):
+            content = turn.get("content", turn.get("value", ""))
+            text = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+            turn = {"role": "user", "content": parts + text}
+            placed = True
+        out.append(turn)
+    if not placed:
+        raise InputError("images/videos were given but the conversation has no user turn to attach them to")
+    return out
 
 
 def from_config(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = None) -> Pipeline:

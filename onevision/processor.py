@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 import anyres
 from onevision.config import ProcessorConfig
 from onevision.errors import ConfigError, ContextOverflowError, InputError
-from onevision.templates import ChatTemplate, Message, get_template, normalize_messages
+from onevision.templates import (
+    ChatTemplate,
+    Message,
+    Segment,
+    get_template,
+    media_tag_pattern,
+    media_tags,
+    normalize_messages,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -168,6 +176,7 @@ class TokenCount:
     visual: int
     parts: tuple[PartCount, ...]
     budget: int | None = None
+    visual_end: int = 0  # the position just after the last visual token (0 without media)
 
     @property
     def fits(self) -> bool:
@@ -214,6 +223,7 @@ class _Planned:
     ids: list[int]
     labels: list[int] | None
     media: list[_Media] = field(default_factory=list)
+    visual_end: int = 0
 
     @property
     def visual(self) -> int:
@@ -243,7 +253,8 @@ class OneVisionProcessor:
         )
         self.pad_token_id = ensure_pad_token(tokenizer)
         self.max_length = self.config.max_length or max_length
-        self._tag_re = re.compile(f"({re.escape(self.image_token)}|{re.escape(self.video_token)})")
+        self._tag_re = media_tag_pattern(self.image_token, self.video_token)
+        self._control_ids = _control_ids(tokenizer)
         vocab = tokenizer.get_vocab()
         self.stop_token_ids = [vocab[t] for t in self.template.stop_tokens if t in vocab]
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in self.stop_token_ids:
@@ -285,6 +296,7 @@ class OneVisionProcessor:
         add_generation_prompt: bool = False,
         image_first: bool = True,
         legacy_video_tag: bool = False,
+        tags_in_text: bool = True,
         num_frames: int | None = None,
     ) -> TokenCount | list[TokenCount]:
         """Exact token counts with a per-part breakdown, without preprocessing pixels.
@@ -297,7 +309,12 @@ class OneVisionProcessor:
             if text is not None:
                 raise InputError("pass either text or conversation, not both")
             msgs, conv_images, conv_videos = self._prepare_conversation(
-                conversation, images, videos, image_first=image_first, legacy_video_tag=legacy_video_tag
+                conversation,
+                images,
+                videos,
+                image_first=image_first,
+                legacy_video_tag=legacy_video_tag,
+                tags_in_text=tags_in_text,
             )
             planned = [
                 self._plan_conversation(
@@ -322,7 +339,10 @@ class OneVisionProcessor:
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
     ) -> str:
-        """The prompt string for ``messages`` under this processor's chat template."""
+        """The prompt string for ``messages`` under this processor's chat template.
+
+        A string cannot tell typed text from the template's markers: passed back to the processor, every special
+        token in it is a control token. Use :meth:`build_sample` (or ``Pipeline.chat``) for untrusted text."""
         msgs, _, _ = normalize_messages(messages, image_token=self.image_token, video_token=self.video_token)
         return "".join(s.text for s in self.template.render(msgs, add_generation_prompt))
 
@@ -336,6 +356,7 @@ class OneVisionProcessor:
         label_mask: str | None = None,
         image_first: bool = True,
         legacy_video_tag: bool = False,
+        tags_in_text: bool = True,
         num_frames: int | None = None,
         check_length: bool = True,
     ) -> dict[str, Any]:
@@ -347,10 +368,20 @@ class OneVisionProcessor:
         its start (``"<image>\\n" + text``, as the reference data pipeline does). ``legacy_video_tag`` reads
         ``<image>`` as the video tag for LLaVA JSON video samples (a video and no images). When the policy's frame
         sampling has ``time_instruction``, the LLaVA-Video time instruction is inserted after the video tag.
+
+        Message text is plain text: a special token typed in it (``<|im_end|>``, ``</s>``, any added special token
+        of the tokenizer) is encoded as its characters, never as the control id; only the template adds control
+        tokens. ``tags_in_text=True`` (the LLaVA JSON rule) reads ``<image>`` / ``<video>`` in the text as the
+        media slots; with ``False`` (chat) only image/video parts are slots and typed tags stay text.
         Returns a dict for :meth:`collate`.
         """
         msgs, images, videos = self._prepare_conversation(
-            conversation, images, videos, image_first=image_first, legacy_video_tag=legacy_video_tag
+            conversation,
+            images,
+            videos,
+            image_first=image_first,
+            legacy_video_tag=legacy_video_tag,
+            tags_in_text=tags_in_text,
         )
         planned = self._plan_conversation(
             msgs,
@@ -439,23 +470,38 @@ class OneVisionProcessor:
         *,
         image_first: bool,
         legacy_video_tag: bool,
+        tags_in_text: bool = True,
     ) -> tuple[list[Message], list[Any], list[Any]]:
         msgs, part_images, part_videos = normalize_messages(
-            conversation, image_token=self.image_token, video_token=self.video_token
+            conversation,
+            image_token=self.image_token,
+            video_token=self.video_token,
+            tags_in_text=tags_in_text,
         )
         images_ = _merge(part_images, images)
         videos_ = _merge(part_videos, videos)
         if legacy_video_tag and videos_ and not images_:
-            msgs = [Message(m.role, m.content.replace(self.image_token, self.video_token)) for m in msgs]
+            msgs = [self._legacy_video(m) for m in msgs]
         if image_first:
             msgs = [self._image_first(m) for m in msgs]
         return msgs, images_, videos_
 
+    def _slots(self, m: Message) -> list[re.Match]:
+        return media_tags(m, self.image_token, self.video_token)
+
+    def _legacy_video(self, m: Message) -> Message:
+        """The message with its ``<image>`` slots read as ``<video>`` (typed tags unchanged)."""
+        content = m.content
+        for slot in reversed(self._slots(m)):
+            if slot.group(0) == self.image_token:
+                content = content[: slot.start()] + self.video_token + content[slot.end() :]
+        return Message(m.role, content, m.literal)
+
     def _image_first(self, m: Message) -> Message:
         """A turn's single media tag goes to its start (the reference's ``preprocess_multimodal``)."""
-        tags = self._tag_re.findall(m.content)
-        if len(tags) == 1 and not m.content.startswith(tags[0]):
-            return Message(m.role, tags[0] + "\n" + m.content.replace(tags[0], "").strip())
+        slots = self._slots(m)
+        if len(slots) == 1 and slots[0].start() != 0:
+            return _slot_first(m, slots[0], "\n", strip=True)
         return m
 
     def _plan_texts(
@@ -469,8 +515,8 @@ class OneVisionProcessor:
             media = self._resolve_media(
                 self._tag_re.findall(text), imgs, vids, load=load, num_frames=num_frames
             )
-            ids, _ = self._encode(text, media)
-            planned.append(_Planned(ids, None, media))
+            ids, ends = self._encode(text, media)
+            planned.append(_Planned(ids, None, media, _visual_end(ends)))
         return planned
 
     def _plan_conversation(
@@ -485,7 +531,7 @@ class OneVisionProcessor:
         label_mask: str | None = None,
     ) -> _Planned:
         # templates keep the messages' tags in order, so media resolve from the messages before rendering
-        found = self._tag_re.findall("".join(m.content for m in msgs))
+        found = [slot.group(0) for m in msgs for slot in self._slots(m)]
         images, videos = list(images or ()), list(videos or ())
         for kind, token, given in (("image", self.image_token, images), ("video", self.video_token, videos)):
             n_tags = found.count(token)
@@ -498,11 +544,12 @@ class OneVisionProcessor:
             msgs = self._add_time_instruction(msgs, [m for m in media if m.kind == "video"])
         segments = self.template.render(msgs, add_generation_prompt)
         text = "".join(s.text for s in segments)
-        if self._tag_re.findall(text) != found:
+        slots, protected = self._spans(segments)
+        if [text[a:b] for a, b in slots] != found:
             raise InputError(
                 f"chat template {self.template.name!r} changed the media tags of the conversation"
             )
-        ids, ends = self._encode(text, media)
+        ids, ends = self._encode(text, media, slots, protected)
         mask = label_mask or self.config.label_mask
         bounds, pos = [], 0
         for seg in segments:
@@ -525,7 +572,7 @@ class OneVisionProcessor:
             seg = bounds[seg_i][2]
             train = seg.train if mask == "assistant_only" else (seg.role == "assistant" or tid in unmask)
             labels.append(tid if train else IGNORE_INDEX)
-        return _Planned(ids, labels, media)
+        return _Planned(ids, labels, media, _visual_end(ends))
 
     def _add_time_instruction(self, msgs: list[Message], videos: list[_Media]) -> list[Message]:
         """The LLaVA-Video time instruction (verbatim, from ``video.time_instruction``) in the video's turn:
@@ -543,9 +590,9 @@ class OneVisionProcessor:
         text = video.time_instruction(item.timestamps, item.duration)
         out, done = [], False
         for m in msgs:
-            if not done and self.video_token in m.content:
-                rest = m.content.replace(self.video_token, "")  # verbatim: "<video>\nQ" gives "\nQ"
-                m = Message(m.role, f"{self.video_token}\n{text}\n{rest}")
+            slot = next((t for t in self._slots(m) if t.group(0) == self.video_token), None)
+            if not done and slot is not None:  # verbatim: "<video>\nQ" gives "<video>\n{text}\n\nQ"
+                m = _slot_first(m, slot, f"\n{text}\n")
                 done = True
             out.append(m)
         return out
@@ -632,40 +679,93 @@ class OneVisionProcessor:
         item.frames = frames
         return int(frames.shape[0])
 
-    def _encode(self, text: str, media: list[_Media]) -> tuple[list[int], list[int | None]]:
-        """Token ids with placeholder runs, and for each id the end character offset in ``text`` (None for media)."""
-        pieces = self._tag_re.split(text)
-        chunks = [(i, p) for i, p in enumerate(pieces) if i % 2 == 0 and p]
-        encoded: Any = {"input_ids": [], "offset_mapping": []}
-        if chunks:
-            try:
-                encoded = self.tokenizer(
-                    [p for _, p in chunks], add_special_tokens=False, return_offsets_mapping=True
-                )
-            except NotImplementedError:
-                raise ConfigError(
-                    "onevision needs a fast (tokenizers-backed) tokenizer for offsets"
-                ) from None
-        by_piece = {
-            i: (ids, offs)
-            for (i, _), ids, offs in zip(chunks, encoded["input_ids"], encoded["offset_mapping"])
-        }
+    def _spans(self, segments: Sequence[Segment]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Character spans of the rendered text: its media slots, and the message text (plain text only)."""
+        slots: list[tuple[int, int]] = []
+        protected: list[tuple[int, int]] = []
+        pos = 0
+        for seg in segments:
+            for n, match in enumerate(self._tag_re.finditer(seg.text)):
+                if not (seg.content and n in seg.literal):
+                    slots.append((pos + match.start(), pos + match.end()))
+            if seg.content and seg.text:
+                protected.append((pos, pos + len(seg.text)))
+            pos += len(seg.text)
+        return slots, protected
+
+    def _tokenize(self, texts: list[str], *, plain: bool = False) -> Any:
+        """Ids and offsets of each text; ``plain`` encodes special-token strings as ordinary text."""
+        extra = {"split_special_tokens": True} if plain else {}
+        try:
+            return self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, **extra)
+        except NotImplementedError:
+            raise ConfigError("onevision needs a fast (tokenizers-backed) tokenizer for offsets") from None
+
+    def _encode(
+        self,
+        text: str,
+        media: list[_Media],
+        slots: Sequence[tuple[int, int]] | None = None,
+        protected: Sequence[tuple[int, int]] = (),
+    ) -> tuple[list[int], list[int | None]]:
+        """Token ids with placeholder runs, and for each id the end character offset in ``text`` (None for media).
+
+        ``slots`` are the media tag spans (default: every tag in ``text``, the raw-prompt path). Inside the
+        ``protected`` spans (message text) a control token is never produced: the text is encoded as plain text.
+        """
+        if slots is None:
+            slots = [(m.start(), m.end()) for m in self._tag_re.finditer(text)]
+        bounds = [0, *(x for span in slots for x in span), len(text)]
+        chunks = [(bounds[k], bounds[k + 1]) for k in range(0, len(bounds), 2)]
+        texts = [text[a:b] for a, b in chunks if b > a]
+        encoded = self._tokenize(texts) if texts else {"input_ids": [], "offset_mapping": []}
+        pieces = iter(zip(encoded["input_ids"], encoded["offset_mapping"]))
         ids: list[int] = []
         ends: list[int | None] = []
-        pos = 0
         media_iter = iter(media)
-        for i, piece in enumerate(pieces):
-            if i % 2 == 1:
+        for k, (a, b) in enumerate(chunks):
+            if k:
                 item = next(media_iter)
                 tid = self.image_token_id if item.kind == "image" else self.video_token_id
                 ids.extend([tid] * item.layout.num_tokens)
                 ends.extend([None] * item.layout.num_tokens)
-            elif piece:
-                tok_ids, offsets = by_piece[i]
+            if b > a:
+                tok_ids, offsets = self._as_plain(text[a:b], *next(pieces), _clip(protected, a, b))
                 ids.extend(tok_ids)
-                ends.extend(pos + max(e - 1, s) for s, e in offsets)
-            pos += len(piece)
+                ends.extend(a + max(e - 1, s) for s, e in offsets)
         return ids, ends
+
+    def _as_plain(
+        self, text: str, ids: list[int], offsets: list[tuple[int, int]], protected: list[tuple[int, int]]
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Re-encode, as plain text, each run between the template's control tokens that holds a control token
+        typed in message text. Ordinary text is left exactly as the tokenizer encoded it."""
+
+        def typed(k: int) -> bool:
+            s, e = offsets[k]
+            return ids[k] in self._control_ids and any(s < pe and ps < e for ps, pe in protected)
+
+        if not protected or not any(typed(k) for k in range(len(ids))):
+            return list(ids), list(offsets)
+        keep = [k for k in range(len(ids)) if ids[k] in self._control_ids and not typed(k)]
+        out_ids: list[int] = []
+        out_offs: list[tuple[int, int]] = []
+        start_tok, start_char = 0, 0
+        for stop in [*keep, len(ids)]:
+            end_char = offsets[stop][0] if stop < len(ids) else len(text)
+            run = range(start_tok, stop)
+            if any(typed(k) for k in run):
+                again = self._tokenize([text[start_char:end_char]], plain=True)
+                out_ids += again["input_ids"][0]
+                out_offs += [(start_char + s, start_char + e) for s, e in again["offset_mapping"][0]]
+            else:
+                out_ids += [ids[k] for k in run]
+                out_offs += [offsets[k] for k in run]
+            if stop < len(ids):
+                out_ids.append(ids[stop])
+                out_offs.append(offsets[stop])
+                start_tok, start_char = stop + 1, offsets[stop][1]
+        return out_ids, out_offs
 
     def _count(self, planned: _Planned) -> TokenCount:
         parts = []
@@ -685,7 +785,14 @@ class OneVisionProcessor:
             parts.append(PartCount(m.kind, counters[m.kind], policy, lay.num_tokens, breakdown))
             counters[m.kind] += 1
         visual = planned.visual
-        return TokenCount(len(planned.ids), len(planned.ids) - visual, visual, tuple(parts), self.max_length)
+        return TokenCount(
+            len(planned.ids),
+            len(planned.ids) - visual,
+            visual,
+            tuple(parts),
+            self.max_length,
+            planned.visual_end,
+        )
 
     def _check_budget(self, planned: list[_Planned]) -> None:
         if not self.max_length:
@@ -732,6 +839,39 @@ class OneVisionProcessor:
         mean = torch.tensor(strat.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(strat.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         return (x.to(torch.float32) - mean) / std
+
+
+def _control_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids a template may insert and message text may not: the tokenizer's special (added) tokens."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids = {int(i) for i, tok in added.items() if getattr(tok, "special", True)}
+    return frozenset(ids | {int(i) for i in tokenizer.all_special_ids})
+
+
+def _clip(spans: Sequence[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    """``spans`` cut to ``[a, b)`` and made relative to ``a``."""
+    return [(max(s, a) - a, min(e, b) - a) for s, e in spans if s < b and e > a]
+
+
+def _visual_end(ends: Sequence[int | None]) -> int:
+    return max((k + 1 for k, end in enumerate(ends) if end is None), default=0)
+
+
+def _slot_first(m: Message, slot: re.Match, before: str, *, strip: bool = False) -> Message:
+    """``m`` with its media slot ``slot`` moved to the start: ``tag + before + rest``, ``rest`` being the other
+    text (stripped if ``strip``). The other slots of ``m`` stay slots and its typed tags stay text."""
+    tag = slot.group(0)
+    rest = m.content[: slot.start()] + m.content[slot.end() :]
+    lead = len(rest) - len(rest.lstrip()) if strip else 0
+    rest = rest.strip() if strip else rest
+    slots = {0}
+    for n, other in enumerate(slot.re.finditer(m.content)):
+        if n not in m.literal and other.start() != slot.start():
+            at = other.start() if other.start() < slot.start() else other.start() - len(tag)
+            slots.add(len(tag) + len(before) + at - lead)
+    content = tag + before + rest
+    literal = tuple(n for n, t in enumerate(slot.re.finditer(content)) if t.start() not in slots)
+    return Message(m.role, content, literal)
 
 
 def _merge(from_parts: list[Any], given: Sequence[Any] | None) -> list[Any]:

@@ -12,6 +12,7 @@ re-tokenising or searching strings. Exact prompts (inference, one user question 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,32 +30,49 @@ _ROLE_ALIASES = {
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of rendered prompt text. ``role`` is the turn's role; ``train`` is the ``assistant_only`` label."""
+    """A piece of rendered prompt text. ``role`` is the turn's role; ``train`` is the ``assistant_only`` label.
+
+    ``content`` marks text that came from a message (user or data text, encoded as plain text: a special token
+    typed there is never a control token); ``literal`` lists which media tags of that text, by their order in it,
+    are typed text rather than media slots (see :class:`Message`)."""
 
     text: str
     role: str
     train: bool = False
+    content: bool = False
+    literal: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Message:
-    """One normalised chat turn: ``role`` in {system, user, assistant}; ``content`` is text with media tags."""
+    """One normalised chat turn: ``role`` in {system, user, assistant}; ``content`` is text with media tags.
+
+    ``literal`` numbers the media tags of ``content`` (``<image>`` / ``<video>``, counted in order) that were typed in
+    text and so stay text; the others are media slots."""
 
     role: str
     content: str
+    literal: tuple[int, ...] = ()
 
 
 def normalize_messages(
-    messages: Sequence[Mapping[str, Any]], *, image_token: str = "<image>", video_token: str = "<video>"
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    image_token: str = "<image>",
+    video_token: str = "<video>",
+    tags_in_text: bool = True,
 ) -> tuple[list[Message], list[Any], list[Any]]:
     """Accept ``{"role","content"}`` and ``{"from","value"}`` turns; content may be a string or a list of parts
     (``{"type": "text", "text": ...}``, ``{"type": "image", "image": obj?}``, ``{"type": "video", "video": obj?}``).
 
+    ``tags_in_text=True`` reads ``<image>`` / ``<video>`` typed in text as media slots (the LLaVA JSON data rule);
+    with ``False`` only image/video parts are slots and typed tags stay text (chat: a user cannot add a slot).
     Returns the messages and the media objects found inside parts (in order), so callers need not pass them again.
     """
     out: list[Message] = []
     images: list[Any] = []
     videos: list[Any] = []
+    tag_re = media_tag_pattern(image_token, video_token)
     for i, turn in enumerate(messages):
         raw_role = turn.get("role", turn.get("from"))
         role = _ROLE_ALIASES.get(str(raw_role))
@@ -64,27 +82,55 @@ def normalize_messages(
             )
         content = turn.get("content", turn.get("value", ""))
         if isinstance(content, str):
-            out.append(Message(role, content))
-            continue
+            content = [{"type": "text", "text": content}]
         pieces: list[str] = []
+        literal: list[int] = []
+        n_tags = 0  # media tags so far in this message, typed or not
         for part in content:
             kind = part.get("type")
             if kind == "text":
-                pieces.append(part.get("text", ""))
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise InputError(f"message {i}: text must be a string, got {type(text).__name__}")
+                typed = len(tag_re.findall(text))
+                if not tags_in_text:
+                    literal.extend(range(n_tags, n_tags + typed))
+                n_tags += typed
+                pieces.append(text)
             elif kind == "image":
+                n_tags += 1
                 pieces.append(image_token + "\n")
                 obj = part.get("image", part.get("path", part.get("url")))
                 if obj is not None:
                     images.append(obj)
             elif kind == "video":
+                n_tags += 1
                 pieces.append(video_token + "\n")
                 obj = part.get("video", part.get("path", part.get("url")))
                 if obj is not None:
                     videos.append(obj)
             else:
                 raise InputError(f"message {i}: unknown content part type {kind!r} (text, image, video)")
-        out.append(Message(role, "".join(pieces)))
+        out.append(Message(role, "".join(pieces), tuple(literal)))
     return out, images, videos
+
+
+def media_tag_pattern(image_token: str = "<image>", video_token: str = "<video>") -> re.Pattern[str]:
+    """The regular expression of the media tags (one group, so ``split`` keeps them)."""
+    return re.compile(f"({re.escape(image_token)}|{re.escape(video_token)})")
+
+
+def media_tags(
+    message: Message, image_token: str = "<image>", video_token: str = "<video>"
+) -> list[re.Match]:
+    """The media slots of ``message``: its tag matches that are not typed text (``message.literal``)."""
+    found = media_tag_pattern(image_token, video_token).finditer(message.content)
+    return [m for n, m in enumerate(found) if n not in message.literal]
+
+
+def _text(m: Message, text: str, role: str, train: bool = False) -> Segment:
+    """A segment of message text (``m.content`` or a stripped copy: the same tags in the same order)."""
+    return Segment(text, role, train, content=True, literal=m.literal)
 
 
 @dataclass(frozen=True)
@@ -116,10 +162,10 @@ class ChatTemplate:
         return "".join(s.text for s in self.render(msgs, add_generation_prompt))  # type: ignore[arg-type]
 
 
-def _split_system(t: ChatTemplate, msgs: list[Message]) -> tuple[str | None, list[Message]]:
+def _split_system(t: ChatTemplate, msgs: list[Message]) -> tuple[Message | None, list[Message]]:
     if msgs[0].role == "system":
-        return msgs[0].content, msgs[1:]
-    return t.default_system, msgs
+        return msgs[0], msgs[1:]
+    return (None if t.default_system is None else Message("system", t.default_system)), msgs
 
 
 def _check_roles(msgs: list[Message]) -> None:
@@ -133,17 +179,25 @@ def _render_chatml(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segm
     _check_roles(turns)
     segs: list[Segment] = []
     if system is not None:
-        segs.append(Segment(f"<|im_start|>system\n{system}<|im_end|>\n", "system"))
+        segs += [
+            Segment("<|im_start|>system\n", "system"),
+            _text(system, system.content, "system"),
+            Segment("<|im_end|>\n", "system"),
+        ]
     for m in turns:
         if m.role == "assistant":
             segs += [
                 Segment("<|im_start|>assistant\n", "assistant"),
-                Segment(m.content, "assistant", True),
+                _text(m, m.content, "assistant", True),
                 Segment("<|im_end|>", "assistant", True),
                 Segment("\n", "assistant"),
             ]
         else:
-            segs.append(Segment(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n", m.role))
+            segs += [
+                Segment(f"<|im_start|>{m.role}\n", m.role),
+                _text(m, m.content, m.role),
+                Segment("<|im_end|>\n", m.role),
+            ]
     if gen:
         segs.append(Segment("<|im_start|>assistant\n", "assistant"))
     return segs
@@ -152,14 +206,17 @@ def _render_chatml(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segm
 def _render_vicuna(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segment]:
     system, turns = _split_system(t, msgs)
     _check_roles(turns)
-    segs = [Segment("<s>", "system"), Segment((system or "") + " ", "system")]
+    segs = [Segment("<s>", "system")]
+    if system is not None:
+        segs.append(_text(system, system.content, "system"))
+    segs.append(Segment(" ", "system"))
     for m in turns:
         if m.role == "user":
-            segs.append(Segment(f"USER: {m.content} ", "user"))
+            segs += [Segment("USER: ", "user"), _text(m, m.content, "user"), Segment(" ", "user")]
         else:
             segs += [
                 Segment("ASSISTANT: ", "assistant"),
-                Segment(m.content, "assistant", True),
+                _text(m, m.content, "assistant", True),
                 Segment("</s>", "assistant", True),
             ]
     if gen:
@@ -172,19 +229,25 @@ def _render_llama3(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segm
     _check_roles(turns)
     segs = [Segment("<|begin_of_text|>", "system")]
     if system is not None:
-        segs.append(
-            Segment(f"<|start_header_id|>system<|end_header_id|>\n\n{system.strip()}<|eot_id|>", "system")
-        )
+        segs += [
+            Segment("<|start_header_id|>system<|end_header_id|>\n\n", "system"),
+            _text(system, system.content.strip(), "system"),
+            Segment("<|eot_id|>", "system"),
+        ]
     for m in turns:
         header = f"<|start_header_id|>{m.role}<|end_header_id|>\n\n"
         if m.role == "assistant":
             segs += [
                 Segment(header, "assistant"),
-                Segment(m.content.strip(), "assistant", True),
+                _text(m, m.content.strip(), "assistant", True),
                 Segment("<|eot_id|>", "assistant", True),
             ]
         else:
-            segs.append(Segment(f"{header}{m.content.strip()}<|eot_id|>", m.role))
+            segs += [
+                Segment(header, m.role),
+                _text(m, m.content.strip(), m.role),
+                Segment("<|eot_id|>", m.role),
+            ]
     if gen:
         segs.append(Segment("<|start_header_id|>assistant<|end_header_id|>\n\n", "assistant"))
     return segs
@@ -194,29 +257,14 @@ def _render_plain(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segme
     _, turns = _split_system(t, msgs)
     segs: list[Segment] = []
     image = t.extra.get("image_token", "<image>")
+    video = t.extra.get("video_token", "<video>")
     for m in turns:
-        if m.role == "user":  # the instruction is dropped; only the media tags remain
-            tags = "".join(
-                tok for tok in _media_tags(m.content, image, t.extra.get("video_token", "<video>"))
-            )
+        if m.role == "user":  # the instruction is dropped; only the media slots remain (typed tags are text)
+            tags = "".join(match.group(0) for match in media_tags(m, image, video))
             segs.append(Segment(tags or image, "user"))
         else:
-            segs += [Segment(m.content, "assistant", True), Segment("\n", "assistant", True)]
+            segs += [_text(m, m.content, "assistant", True), Segment("\n", "assistant", True)]
     return segs
-
-
-def _media_tags(text: str, image: str, video: str) -> list[str]:
-    tags, i = [], 0
-    while i < len(text):
-        if text.startswith(image, i):
-            tags.append(image)
-            i += len(image)
-        elif text.startswith(video, i):
-            tags.append(video)
-            i += len(video)
-        else:
-            i += 1
-    return tags
 
 
 VICUNA_SYSTEM = (

@@ -97,10 +97,18 @@ def test_chat_cli_two_images_and_a_video(model_dir, media, capsys):
 def test_chat_cli_reports_bad_input_in_one_line(model_dir, media, capsys):
     code, _, err = _chat(capsys, "--model", str(model_dir), "--image", str(media / "nope.png"), "Q")
     assert code == 2 and "nope.png" in err
+    # tags typed in the question are plain text (issue #13 point 9), no longer extra media slots to reject
     code, _, err = _chat(
-        capsys, "--model", str(model_dir), "--image", str(media / "a.png"), "<image> <image> Q"
+        capsys,
+        "--model",
+        str(model_dir),
+        "--image",
+        str(media / "a.png"),
+        *GEN,
+        "--no-stream",
+        "<image> <image> Q",
     )
-    assert code == 2 and "2 <image> tag(s) but 1 image(s)" in err and "Traceback" not in err
+    assert code == 0 and "Traceback" not in err
 
 
 def test_batch_mode_jsonl(model_dir, media, tmp_path, capsys):
@@ -109,7 +117,7 @@ def test_batch_mode_jsonl(model_dir, media, tmp_path, capsys):
         {"id": "two", "prompt": "Compare.", "images": ["a.png", "b.jpg"]},
         {"id": "vid", "prompt": "Summarise.", "video": "clip.mp4"},
         {"id": "txt", "messages": [{"role": "user", "content": "Hello!"}]},
-        {"id": "bad", "prompt": "<image> <image>", "image": "a.png"},
+        {"id": "bad", "prompt": "Q", "image": "nope.png"},  # (typed tags are text now, not a bad request)
         {"id": "worse"},
     ]
     src = media / "requests.jsonl"
@@ -133,7 +141,7 @@ def test_batch_mode_jsonl(model_dir, media, tmp_path, capsys):
     assert "onevision chat" in err  # the tqdm progress bar
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["one", "two", "vid", "txt", "bad", "worse"]
-    assert "tag(s)" in rows[4]["error"] and "prompt" in rows[5]["error"]
+    assert "nope.png" in rows[4]["error"] and "prompt" in rows[5]["error"]
     pipe = onevision.load(str(model_dir))
     expected = [
         pipe.generate("Describe.", images=[str(media / "a.png")], max_new_tokens=6),

@@ -177,10 +177,8 @@ def test_legacy_video_tag(pipe, frames8):
 def test_collate_pads_and_masks_from_lengths(pipe, image_a):
     p = pipe.processor
     pad = p.pad_token_id
-    real_pad = p.tokenizer.convert_ids_to_tokens(pad)
-    a = p.build_sample(
-        [{"role": "user", "content": f"Hi {real_pad} there"}, {"role": "assistant", "content": "Ok"}]
-    )
+    a = p.build_sample([{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Ok"}])
+    a["input_ids"][3] = pad  # typed text cannot produce the pad id (it is plain text), so put one in directly
     b = p.build_sample(
         [{"role": "user", "content": "<image>\nQ"}, {"role": "assistant", "content": "A"}], images=[image_a]
     )
