@@ -155,13 +155,9 @@ class ProcessorEncoder:
                 f"{sample.source}: the processor counts {parts} visual tokens but the recipe's policy "
                 f"gives {tuple(visual_tokens)}; the model's processor policy and the recipe disagree"
             )
-        if not parts:
-            return Measure(count.total, 0)
-        text = "".join(s.text for s in self.processor.template.render(_messages(self.processor, conv), False))
-        last = max(text.rfind(self.processor.image_token), text.rfind(self.processor.video_token))
-        tail = text[last:].split(">", 1)[1] if last >= 0 else ""
-        n_tail = len(self.processor.tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail else 0
-        return Measure(count.total, count.total - n_tail)
+        # the processor's own position (re-tokenising the text after the last tag would read special tokens
+        # typed in the data as control tokens, which the encoding does not)
+        return Measure(count.total, count.visual_end if parts else 0)
 
     def encode(self, sample: Sample, media: Media) -> dict[str, Any]:
         """Encode with the media the dataset decoded (a video arrives as the ``video.Clip`` of the recipe's spec,
@@ -186,12 +182,3 @@ class ProcessorEncoder:
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return dict(self.processor.collate(items, padding_side="right"))
-
-
-def _messages(processor: Any, conv: list[dict[str, str]]) -> list[Any]:
-    from onevision.templates import normalize_messages
-
-    msgs, _, _ = normalize_messages(
-        conv, image_token=processor.image_token, video_token=processor.video_token
-    )
-    return msgs
