@@ -305,12 +305,12 @@ class AnyResStrategy(Strategy):
     def __post_init__(self) -> None:
         super().__post_init__()
         spec = self._default_pinpoints() if self.grid_pinpoints is None else self.grid_pinpoints
-        if not isinstance(spec, str):
-            spec = tuple(tuple(int(v) for v in pair) for pair in spec)
-            object.__setattr__(self, "grid_pinpoints", spec)
+        # validated as given (a fractional side is an error, not truncated), then stored as plain ints
         object.__setattr__(
             self, "pinpoints", parse_pinpoints(spec, self.tile_size, order=self.pinpoint_order)
         )
+        if not isinstance(spec, str):
+            object.__setattr__(self, "grid_pinpoints", tuple(tuple(int(v) for v in pair) for pair in spec))
         if self.max_num_patches is not None and self.max_num_patches < 1:
             raise GeometryError(f"max_num_patches must be >= 1, got {self.max_num_patches}")
         if self.base_image not in ("squash", "letterbox"):
