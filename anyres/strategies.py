@@ -185,13 +185,13 @@ class Strategy:
         for image in images:
             draft = peeked = None
             if self.fast:
-                peeked = peek_size(image)
+                peeked = peek_size(image, max_pixels=self.max_pixels)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
             if self._wants_pil(image, draft):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
-            elif draft is None and (header := peeked or _header_size(image)) is not None:
+            elif draft is None and (header := peeked or _header_size(image, self.max_pixels)) is not None:
                 # a file: decoded in the second loop, one at a time, into a reused buffer
                 pixels, source, peeked = None, describe(image), header
             else:
@@ -402,13 +402,13 @@ class HDStrategy(AnyResStrategy):
         return tuple((p.height, p.width) for p in hd_pinpoints(self.tile_size, self.max_tiles))
 
 
-def _header_size(image: Any) -> tuple[int, int] | None:
+def _header_size(image: Any, max_pixels: int) -> tuple[int, int] | None:
     """``(width, height)`` of an image file from its header; ``None`` for other inputs or unreadable headers (which
     are then loaded at once, so that the loader reports the precise problem)."""
     if not isinstance(image, (str, os.PathLike)):
         return None
     try:
-        return peek_size(image)
+        return peek_size(image, max_pixels=max_pixels)
     except ImageError:
         return None
 
