@@ -84,6 +84,11 @@ class Offsets(NamedTuple):
 
 _RANGE_RE = re.compile(r"\((\d+)\s*x\s*(\d+)\)")
 
+#: Most tiles one pinpoint canvas may hold. OneVision's largest grid is 6x6 = 36; 144 (12x12) leaves room for
+#: larger encoders' grids while refusing layouts of thousands of tiles (each tile is one encoder input; a
+#: 12x12 grid of 384-px tiles is a 4608x4608 canvas and, uncapped, 105,705 SigLIP tokens).
+MAX_PINPOINT_TILES = 144
+
 
 def parse_pinpoints(
     spec: str | Iterable[Sequence[int]],
@@ -121,6 +126,11 @@ def parse_pinpoints(
             (a0, a1), (b0, b1) = (tuple(map(int, m)) for m in (matches[0], matches[-1]))
             if a0 > b0 or a1 > b1 or min(a0, a1) < 1:
                 raise GeometryError(f"{field_name}: invalid range {spec!r}: start must be >= 1 and <= end")
+            if b0 * b1 > MAX_PINPOINT_TILES:
+                raise GeometryError(
+                    f"{field_name}: range {spec!r} ends at a {b0}x{b1} grid ({b0 * b1:,} tiles); at most "
+                    f"{MAX_PINPOINT_TILES} tiles per pinpoint are accepted (OneVision uses up to 6x6 = 36)"
+                )
             pairs = [(i, j) for i in range(a0, b0 + 1) for j in range(a1, b1 + 1)]
             unit = "tiles"
         else:
@@ -135,27 +145,45 @@ def parse_pinpoints(
         raise GeometryError(f"{field_name}: no pinpoints given")
     values = [v for p in pairs for v in p]
     if any(v <= 0 for v in values):
-        raise GeometryError(f"{field_name}: every side must be positive, got {pairs}")
+        i = next(i for i, p in enumerate(pairs) if min(p) <= 0)
+        raise GeometryError(f"{field_name}[{i}] = {pairs[i]}: every side must be positive, got {pairs}")
     if unit == "auto":
         if all(v < tile_size for v in values):
             unit = "tiles"
         elif all(v >= tile_size for v in values):
             unit = "pixels"
         else:
+            i = next(i for i, p in enumerate(pairs) if min(p) < tile_size)
             raise GeometryError(
-                f"{field_name}: {pairs} mixes tile units and pixels for tile_size={tile_size}; "
-                "pass unit='tiles' or unit='pixels'"
+                f"{field_name}[{i}] = {pairs[i]} is smaller than the tile size {tile_size}, but other pinpoints "
+                f"are in pixels: {pairs} mixes tile units and pixels; give every pinpoint in pixels "
+                f"(multiples of {tile_size}) or every one in tiles (or pass unit='tiles' / unit='pixels')"
             )
     if unit == "tiles":
         pairs = [(a * tile_size, b * tile_size) for a, b in pairs]
     elif unit != "pixels":
         raise GeometryError(f"unit must be 'auto', 'tiles' or 'pixels', got {unit!r}")
+    for i, (h, w) in enumerate(pairs):
+        if min(h, w) < tile_size:
+            raise GeometryError(
+                f"{field_name}[{i}] = {(h, w)} is smaller than the tile size {tile_size}; "
+                "every canvas side must be a whole number of tiles"
+            )
     bad = [p for p in pairs if p[0] % tile_size or p[1] % tile_size]
     if bad:
+        i = pairs.index(bad[0])
         raise GeometryError(
-            f"{field_name}: pinpoints {bad} are not multiples of the tile size {tile_size}; "
+            f"{field_name}[{i}] = {bad[0]}: pinpoints {bad} are not multiples of the tile size {tile_size}; "
             "every canvas side must be a whole number of tiles"
         )
+    for i, (h, w) in enumerate(pairs):
+        tiles = (h // tile_size) * (w // tile_size)
+        if tiles > MAX_PINPOINT_TILES:
+            raise GeometryError(
+                f"{field_name}[{i}] = {(h, w)} px is a {h // tile_size}x{w // tile_size} grid of {tile_size}-px "
+                f"tiles ({tiles:,} tiles); at most {MAX_PINPOINT_TILES} tiles per pinpoint are accepted "
+                "(OneVision uses up to 6x6 = 36; values below the tile size are read as tile counts)"
+            )
     if order == "wh":
         pairs = [(b, a) for a, b in pairs]
     elif order != "hw":
@@ -165,10 +193,27 @@ def parse_pinpoints(
 
 def _as_pairs(value: object, field_name: str) -> list[tuple[int, int]]:
     try:
-        pairs = [(int(a), int(b)) for a, b in value]  # type: ignore[misc,union-attr]
+        raw = [(a, b) for a, b in value]  # type: ignore[misc,union-attr]
     except (TypeError, ValueError):
         raise GeometryError(f"{field_name}: expected a list of (a, b) pairs, got {value!r}") from None
-    return pairs
+    pairs = []
+    for i, pair in enumerate(raw):
+        try:
+            ints = tuple(_whole(v) for v in pair)
+        except (TypeError, ValueError):
+            raise GeometryError(f"{field_name}[{i}] = {pair!r}: sides must be whole numbers") from None
+        pairs.append(ints)
+    return pairs  # type: ignore[return-value]
+
+
+def _whole(value: object) -> int:
+    """``value`` as an int; refuses booleans and fractional numbers (``int(384.5)`` would silently truncate)."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    number = int(value)  # type: ignore[call-overload]
+    if isinstance(value, float) and value != number:
+        raise ValueError(value)
+    return number
 
 
 def pinpoints_range(max_rows: int, max_cols: int, tile_size: int) -> tuple[ImageSize, ...]:
@@ -180,7 +225,16 @@ def hd_pinpoints(tile_size: int, max_tiles: int = 6) -> tuple[ImageSize, ...]:
     """LLaVA-1.5-HD canvases: every grid of at most ``max_tiles`` cells with at most 2 cells on its short side.
 
     For 6 tiles: 1x1..1x6, 2x2, 2x3 and their transposes (14 grids), as ``(height, width)`` in pixels.
+    ``max_tiles`` must be 1 to :data:`MAX_PINPOINT_TILES`.
     """
+    if (
+        isinstance(max_tiles, bool)
+        or not isinstance(max_tiles, int)
+        or not 1 <= max_tiles <= MAX_PINPOINT_TILES
+    ):
+        raise GeometryError(
+            f"max_tiles must be an integer from 1 to {MAX_PINPOINT_TILES}, got {max_tiles!r} (LLaVA-1.5-HD uses 6)"
+        )
     grids: list[tuple[int, int]] = []
     for rows in range(1, max_tiles + 1):
         for cols in range(1, max_tiles + 1):

@@ -14,6 +14,8 @@ channels) and CHW ``uint8`` torch tensors. EXIF orientation is applied. Modes ar
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,15 @@ _PIL_TO_RGB = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ORIENTATION = 0x0112
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+)
+#: Serialises the brief raise of PIL's global bomb limit (see :func:`_pil_open`).
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -74,6 +85,7 @@ def open_image(
     elif isinstance(obj, Image.Image):
         image = obj
         _check_size(image.size[0], image.size[1], source, max_pixels)
+        _load(image, source)
     elif isinstance(obj, np.ndarray):
         image = _from_hwc_array(obj, source, max_pixels)
     elif _is_torch_tensor(obj):
@@ -110,7 +122,7 @@ def load_pixels(
     import torch
 
     if draft_size is not None and isinstance(obj, (str, os.PathLike)):
-        full = peek_size(obj)
+        full = peek_size(obj, max_pixels=max_pixels)
         if full is None or full[0] < 2 * draft_size[0] or full[1] < 2 * draft_size[1]:
             draft_size = None  # a reduced JPEG decode (1/2, 1/4, 1/8) would not fit: decode normally
     if draft_size is None and isinstance(obj, (str, os.PathLike)):
@@ -133,17 +145,16 @@ def _decode_jpeg(path: str, max_pixels: int, decoder: str | None = None, reuse: 
     binding) and torchvision the EXIF-rotated ones (it applies the orientation)."""
     source = path
     try:
-        with Image.open(path) as im:
+        with _open_file(path, source, max_pixels) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
-            _check_size(im.size[0], im.size[1], source, max_pixels)
             upright = im.getexif().get(_ORIENTATION, 1) in (0, 1)
             width, height = im.size
         with open(path, "rb") as fh:
             data = fh.read()
     except ImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError):
         return None  # let the PIL path produce the precise error
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None  # possibly truncated: PIL raises a clear error for it
@@ -185,18 +196,40 @@ def _reused_buffer(shape: tuple[int, int, int]) -> np.ndarray:
     return scratch.get("decode", shape)
 
 
-def peek_size(obj: Any) -> tuple[int, int] | None:
-    """``(width, height)`` of a file after EXIF orientation, from its header only; ``None`` for in-memory inputs."""
+def peek_size(obj: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
+    """``(width, height)`` of a file after EXIF orientation, from its header only; ``None`` for in-memory inputs.
+
+    Raises :class:`ImageError` for a missing, empty or non-regular file, an unreadable header, or a size over
+    ``max_pixels``."""
     if not isinstance(obj, (str, os.PathLike)):
         return None
     source = describe(obj)
     try:
-        with Image.open(os.fspath(obj)) as im:
+        with _open_file(os.fspath(obj), source, max_pixels) as im:
             width, height = im.size
             orientation = im.getexif().get(_ORIENTATION, 1)
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(source, f"cannot read image header ({exc})") from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def check_regular_file(path: str | os.PathLike[str], source: str | None = None) -> int:
+    """Size in bytes of the regular file at ``path`` (symlinks followed), checked with one ``os.stat`` before
+    anything opens it: a FIFO, device, directory or socket would block or stream forever, so it raises
+    :class:`ImageError`, as does a missing file."""
+    source = os.fspath(path) if source is None else source
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(source, "file does not exist") from None
+    except OSError as exc:
+        raise ImageError(source, f"cannot access file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), "not a plain file")
+        raise ImageError(source, f"not a regular file ({kind}); pass the path of an image file")
+    return info.st_size
 
 
 def to_rgb(image: Image.Image, source: str = "<image>") -> Image.Image:
@@ -233,33 +266,91 @@ def _check_size(width: int, height: int, source: str, max_pixels: int) -> None:
         raise ImageError(
             source,
             f"image has {width * height:,} pixels ({width}x{height}), over the limit of {max_pixels:,}; "
-            "raise max_pixels if this is intended (decompression-bomb guard)",
+            f"{_RAISE_LIMIT}",
         )
 
 
-def _open_path(path: str, source: str, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
-    if not os.path.exists(path):
-        raise ImageError(source, "file does not exist")
-    if os.path.getsize(path) == 0:
+#: What an over-limit error tells the user to change (PIL's own ``Image.MAX_IMAGE_PIXELS`` does not apply).
+_RAISE_LIMIT = (
+    "if the image is intended, raise max_pixels (the strategy parameter, e.g. "
+    "get_strategy(name, max_pixels=...), or max_pixels in the processor's single_image / multi_image config); "
+    "it is the decompression-bomb guard"
+)
+
+
+def _open_file(path: str, source: str, max_pixels: int) -> Image.Image:
+    """A lazily opened image file (header read, nothing decoded), refused before any open unless it is a
+    non-empty regular file, and refused unless its size is within ``max_pixels``."""
+    if check_regular_file(path, source) == 0:
         raise ImageError(source, "file is empty (0 bytes)")
+    image = _pil_open(path, source, max_pixels)
+    try:
+        _check_size(image.size[0], image.size[1], source, max_pixels)
+    except ImageError:
+        image.close()
+        raise
+    return image
+
+
+def _pil_open(path: str, source: str, max_pixels: int) -> Image.Image:
+    """``Image.open`` whose decompression-bomb guard is ``max_pixels`` rather than PIL's ``MAX_IMAGE_PIXELS``.
+
+    Opening reads the header only. A file PIL refuses as over its own limit is reopened with that global limit
+    set to ``max_pixels`` for the header read only, under a lock, and then restored; the caller checks the size
+    against ``max_pixels`` before decoding anything."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        _check_size(image.size[0], image.size[1], source, max_pixels)
-        if draft_size is not None and image.format == "JPEG":
-            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # draft_size is for the upright image
-                draft_size = (draft_size[1], draft_size[0])
-            image.draft("RGB", draft_size)
-        image.load()
-    except ImageError:
-        raise
+            return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(source, f"refused as a decompression bomb ({exc})") from None
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and max_pixels <= limit:  # over PIL's limit, hence over ours
+            raise ImageError(
+                source, f"image is over the limit of {max_pixels:,} pixels ({exc}); {_RAISE_LIMIT}"
+            ) from None
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(
+                source, f"image is over the limit of {max_pixels:,} pixels ({exc}); {_RAISE_LIMIT}"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _load(image: Image.Image, source: str) -> None:
+    """Decode a lazily opened PIL image now, so that a truncated or corrupt file raises :class:`ImageError`."""
+    try:
+        image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
             source, f"cannot decode image ({exc}); the file is unreadable or truncated"
         ) from None
+
+
+def _open_path(path: str, source: str, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
+    try:
+        image = _open_file(path, source, max_pixels)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            source, f"cannot decode image ({exc}); the file is unreadable or truncated"
+        ) from None
+    try:
+        if draft_size is not None and image.format == "JPEG":
+            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # draft_size is for the upright image
+                draft_size = (draft_size[1], draft_size[0])
+            image.draft("RGB", draft_size)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            source, f"cannot decode image ({exc}); the file is unreadable or truncated"
+        ) from None
+    _load(image, source)
     return image
 
 

@@ -185,13 +185,13 @@ class Strategy:
         for image in images:
             draft = peeked = None
             if self.fast:
-                peeked = peek_size(image)
+                peeked = peek_size(image, max_pixels=self.max_pixels)
                 if peeked is not None:
                     draft = self._draft_size(ImageSize.from_pil(peeked))
             if self._wants_pil(image, draft):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
-            elif draft is None and (header := peeked or _header_size(image)) is not None:
+            elif draft is None and (header := peeked or _header_size(image, self.max_pixels)) is not None:
                 # a file: decoded in the second loop, one at a time, into a reused buffer
                 pixels, source, peeked = None, describe(image), header
             else:
@@ -305,12 +305,12 @@ class AnyResStrategy(Strategy):
     def __post_init__(self) -> None:
         super().__post_init__()
         spec = self._default_pinpoints() if self.grid_pinpoints is None else self.grid_pinpoints
-        if not isinstance(spec, str):
-            spec = tuple(tuple(int(v) for v in pair) for pair in spec)
-            object.__setattr__(self, "grid_pinpoints", spec)
+        # validated as given (a fractional side is an error, not truncated), then stored as plain ints
         object.__setattr__(
             self, "pinpoints", parse_pinpoints(spec, self.tile_size, order=self.pinpoint_order)
         )
+        if not isinstance(spec, str):
+            object.__setattr__(self, "grid_pinpoints", tuple(tuple(int(v) for v in pair) for pair in spec))
         if self.max_num_patches is not None and self.max_num_patches < 1:
             raise GeometryError(f"max_num_patches must be >= 1, got {self.max_num_patches}")
         if self.base_image not in ("squash", "letterbox"):
@@ -402,13 +402,13 @@ class HDStrategy(AnyResStrategy):
         return tuple((p.height, p.width) for p in hd_pinpoints(self.tile_size, self.max_tiles))
 
 
-def _header_size(image: Any) -> tuple[int, int] | None:
+def _header_size(image: Any, max_pixels: int) -> tuple[int, int] | None:
     """``(width, height)`` of an image file from its header; ``None`` for other inputs or unreadable headers (which
     are then loaded at once, so that the loader reports the precise problem)."""
     if not isinstance(image, (str, os.PathLike)):
         return None
     try:
-        return peek_size(image)
+        return peek_size(image, max_pixels=max_pixels)
     except ImageError:
         return None
 

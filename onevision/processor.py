@@ -633,7 +633,7 @@ class OneVisionProcessor:
             from anyres.images import peek_size
 
             if isinstance(src, str) or hasattr(src, "__fspath__"):
-                return anyres.ImageSize.from_pil(peek_size(src))
+                return anyres.ImageSize.from_pil(peek_size(src, max_pixels=item.strategy.max_pixels))
         loaded = anyres.open_image(src, max_pixels=item.strategy.max_pixels)
         item.image = loaded.image
         return anyres.ImageSize.from_pil(loaded.image.size)
