@@ -9,13 +9,20 @@
 from __future__ import annotations
 
 import re
+import stat
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from video.backends.base import Backend, OpenOptions, Reader, frame_rate_from_timestamps
+from video.backends.base import (
+    Backend,
+    OpenOptions,
+    Reader,
+    frame_rate_from_timestamps,
+    require_regular_file,
+)
 from video.errors import VideoError
 from video.limits import Deadline
 
@@ -182,6 +189,6 @@ class ImagesBackend(Backend):
         return path.is_dir() or (path.is_file() and path.suffix.lower() in ANIMATED_SUFFIXES)
 
     def open(self, path: Path, options: OpenOptions, deadline: Deadline) -> Reader:
-        if path.is_dir():
+        if stat.S_ISDIR(require_regular_file(path, backend=NAME, directory_ok=True).st_mode):
             return FrameDirectoryReader(path, options, deadline)
         return AnimatedImageReader(path, options, deadline)
