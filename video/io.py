@@ -336,7 +336,7 @@ def _sample(
     kept = np.array([i for i in indices if int(i) in decoded], dtype=np.int64)
     turns = _turns(reader, upright, warnings)
     if len(kept):  # rotated views, copied once by the stack
-        frames = np.stack([np.rot90(decoded[int(i)], turns) for i in kept])
+        frames = np.ascontiguousarray(np.stack([np.rot90(decoded[int(i)], turns) for i in kept]))
     else:
         frames = np.rot90(np.zeros((0, reader.height, reader.width, 3), dtype=np.uint8), turns, axes=(1, 2))
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
