@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class Clip:
 def _check_path(path: PathLike) -> Path:
     p = Path(os.fspath(path))
     st = require_regular_file(p, directory_ok=True)  # never open a FIFO, device or socket
-    if st.st_size == 0 and not p.is_dir():
+    if st.st_size == 0 and not stat.S_ISDIR(st.st_mode):
         raise VideoError(p, "file is empty (0 bytes)", reason="empty")
     return p
 

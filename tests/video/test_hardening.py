@@ -339,3 +339,28 @@ def test_rotation_option_is_checked_and_odd_angles_are_reported(media_dir: Path,
     clip = video.load(path, video.Sampling(num_frames=2), backend="pyav")
     assert clip.frames.shape[1:3] == (32, 64) and clip.rotation == 45
     assert any("45 degrees is not a multiple of 90" in w for w in clip.warnings)
+
+
+@pytest.mark.parametrize("rotates_itself", [False, True])
+def test_torchcodec_frames_follow_the_same_rotation_rule(
+    rotated: Path, rotates_itself: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_backends import _fake_torchcodec
+
+    frames = decode_upright(rotated) if rotates_itself else decode_all(rotated)
+    fake = _fake_torchcodec({str(rotated): frames}, 30.0)
+    monkeypatch.setitem(sys.modules, "torchcodec", fake)
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", fake.decoders)
+    spec = video.Sampling(num_frames=3)
+    for mode in ("apply", "keep"):
+        a = video.load(rotated, spec, backend="torchcodec", rotation=mode)
+        b = video.load(rotated, spec, backend="pyav", rotation=mode)
+        assert a.rotation == b.rotation == 90
+        np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_frame_limits_cover_animated_images_and_frame_directories(gif: Path, frame_dir: Path) -> None:
+    for path in (gif, frame_dir):
+        with pytest.raises(video.VideoError, match=r"Limits\.max_frames=3") as info:
+            video.load(path, video.Sampling(num_frames=2), backend="pil", limits=video.Limits(max_frames=3))
+        assert info.value.reason == "too_large" and info.value.backend == "pil"

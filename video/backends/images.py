@@ -69,6 +69,9 @@ class FrameDirectoryReader(Reader):
         self.num_frames = len(self._files)
         if not self._files:
             raise VideoError(path, "frame directory contains no image files", reason="empty", backend=NAME)
+        options.limits.check_stream(
+            path, width=0, height=0, duration=None, num_frames=self.num_frames, backend=NAME
+        )
         if not options.dir_fps > 0:
             raise VideoError(
                 path, f"dir_fps must be positive, got {options.dir_fps}", reason="decode", backend=NAME
@@ -130,6 +133,18 @@ class AnimatedImageReader(Reader):
         self.codec = (image.format or "image").lower()
         self.container = self.codec
         self.num_frames = int(getattr(image, "n_frames", 1))
+        try:  # before a duration is listed per frame
+            options.limits.check_stream(
+                path,
+                width=self.width,
+                height=self.height,
+                duration=None,
+                num_frames=self.num_frames,
+                backend=NAME,
+            )
+        except VideoError:
+            image.close()
+            raise
         durations = []
         for k in range(self.num_frames):
             deadline.check(path, NAME)
