@@ -34,10 +34,10 @@ class Limits:
     """
 
     max_pixels: int | None = 7680 * 4320
-    max_frames: int | None = 2**23
     max_duration: float | None = 6 * 3600.0
     max_output_bytes: int | None = 4 * 2**30
     timeout: float | None = 300.0
+    max_frames: int | None = 2**23  # last: keeps the positional order of the fields above
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_frames", "max_output_bytes"):
