@@ -151,7 +151,7 @@ def _full_box_entries(data: bytes, box: tuple[int, int], fmt: str, fields: int) 
     return table.reshape(count, fields).astype(np.int64)
 
 
-def _sample_table(moov: bytes, stbl: tuple[int, int]) -> SampleTable | None:
+def _sample_table(moov: bytes, stbl: tuple[int, int], expected: int | None) -> SampleTable | None:
     start, end = stbl
     stsz = _child(moov, start, end, b"stsz")
     stsc = _child(moov, start, end, b"stsc")
@@ -164,6 +164,8 @@ def _sample_table(moov: bytes, stbl: tuple[int, int]) -> SampleTable | None:
     sample_size, count = struct.unpack_from(">II", moov, stsz[0] + 4)
     chunks = _full_box_entries(moov, stco, ">u4", 1) if stco else _full_box_entries(moov, co64, ">u8", 1)
     runs = _full_box_entries(moov, stsc, ">u4", 3)
+    if expected is not None and count != expected:
+        return None  # checked before allocating: a constant-size stsz may claim 2**32 samples in 20 bytes
     if not 0 < count <= _MAX_SAMPLES or chunks is None or runs is None or not len(chunks) or not len(runs):
         return None
     if sample_size:
@@ -199,8 +201,10 @@ def _sample_table(moov: bytes, stbl: tuple[int, int]) -> SampleTable | None:
     return SampleTable(offsets=offsets, sizes=sizes, composition=composition)
 
 
-def mp4_sample_table(moov: bytes | None, track_id: int) -> SampleTable | None:
+def mp4_sample_table(moov: bytes | None, track_id: int, *, count: int | None = None) -> SampleTable | None:
     """The sample table of the track with ``track_id`` (``tkhd``), or ``None`` if it cannot be read simply.
+
+    With ``count``, a table that does not hold exactly ``count`` samples is ``None`` before any array is built.
 
     ``None`` for fragmented files (their samples live in ``moof`` boxes), compact sample sizes (``stz2``),
     malformed or inconsistent tables: callers then fall back to demuxing.
@@ -221,7 +225,7 @@ def mp4_sample_table(moov: bytes | None, track_id: int) -> SampleTable | None:
             box: tuple[int, int] | None = (start, end)
             for name in (b"mdia", b"minf", b"stbl"):
                 box = _child(moov, box[0], box[1], name) if box else None
-            return _sample_table(moov, box) if box else None
+            return _sample_table(moov, box, count) if box else None
     except (struct.error, ValueError, IndexError):
         return None
     return None

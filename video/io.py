@@ -15,7 +15,16 @@ from typing import TypeVar
 import numpy as np
 
 from video.backends import get_backend, list_backends
-from video.backends.base import Backend, OpenOptions, Reader, VideoInfo, cfr_timestamps
+from video.backends.base import (
+    ROTATION_MODES,
+    Backend,
+    OpenOptions,
+    Reader,
+    VideoInfo,
+    cfr_timestamps,
+    quarter_turns,
+    require_regular_file,
+)
 from video.errors import BackendUnavailableError, VideoError
 from video.limits import Deadline, Limits
 from video.sampling import Sampling, snap_to_keyframes
@@ -33,7 +42,8 @@ class Clip:
     """Frames sampled from one video, with where they came from.
 
     Attributes:
-        frames: uint8 RGB array ``[T, H, W, 3]`` (as stored: display rotation is **not** applied).
+        frames: uint8 RGB array ``[T, H, W, 3]``, upright: the container's display rotation is applied (a
+            90-degree video of stored size W x H comes out H x W), unless ``load(..., rotation="keep")``.
         indices: int64 ``[T]`` frame index of every returned frame (may repeat, e.g. ``num_frames > total``).
         timestamps: float64 ``[T]`` seconds from the first frame: ``index / fps`` for constant frame rate,
             the real presentation timestamps for variable frame rate.
@@ -43,7 +53,8 @@ class Clip:
         backend: the backend that decoded it.
         total_frames: frames in the whole video (what the sampling rule saw).
         sampling: the spec used.
-        rotation: display rotation in degrees (counter-clockwise) recorded in the container.
+        rotation: display rotation in degrees (counter-clockwise) recorded in the container, whether or not
+            it was applied to ``frames``.
         missing: requested indices that could not be decoded (only with ``allow_partial=True``; else raise).
         warnings: anything worth knowing that did not stop loading (also logged when it means missing data).
     """
@@ -84,17 +95,8 @@ class Clip:
 # -- path and backend selection ------------------------------------------------------------------------
 def _check_path(path: PathLike) -> Path:
     p = Path(os.fspath(path))
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise VideoError(p, "file not found", reason="not_found") from None
-    except OSError as exc:
-        raise VideoError(p, f"cannot access path ({exc.strerror or exc})", reason="not_found") from exc
-    if stat.S_ISDIR(st.st_mode):
-        return p
-    if not stat.S_ISREG(st.st_mode):
-        raise VideoError(p, "not a regular file or frame directory", reason="not_a_file")
-    if st.st_size == 0:
+    st = require_regular_file(p, directory_ok=True)  # never open a FIFO, device or socket
+    if st.st_size == 0 and not stat.S_ISDIR(st.st_mode):
         raise VideoError(p, "file is empty (0 bytes)", reason="empty")
     return p
 
@@ -179,6 +181,20 @@ def _run(path: Path, backend: str, limits: Limits, task: Callable[[Backend, Dead
     )
 
 
+def _turns(reader: Reader, upright: bool, warnings: list[str]) -> int:
+    """Counter-clockwise quarter turns from the reader's frames to the wanted orientation (upright or stored)."""
+    if not reader.rotation:
+        return 0
+    turns = quarter_turns(reader.rotation)
+    if turns is None:
+        if upright:
+            warnings.append(
+                f"display rotation {reader.rotation} degrees is not a multiple of 90: not applied"
+            )
+        return 0
+    return ((turns if upright else 0) - (turns if reader.rotated else 0)) % 4
+
+
 # -- public API ----------------------------------------------------------------------------------------
 def probe(path: PathLike, *, backend: str = "auto", limits: Limits | None = None) -> VideoInfo:
     """Metadata of a video file or frame directory, read from the container **without decoding** frames.
@@ -188,16 +204,25 @@ def probe(path: PathLike, *, backend: str = "auto", limits: Limits | None = None
         ``codec`` and ``container``.
 
     Raises:
-        VideoError: missing/empty/corrupt file, no video stream, unsupported codec, 0 frames, timeout.
+        VideoError: missing/empty/corrupt file, not a regular file, no video stream, unsupported codec,
+            0 frames, a header beyond ``limits`` (``too_large``: frame size, frame count, duration), timeout.
         BackendUnavailableError: the requested backend (or every backend) is not installed.
     """
     p = _check_path(path)
     limits = Limits() if limits is None else limits
 
     def task(instance: Backend, deadline: Deadline) -> VideoInfo:
-        info = instance.probe(p, OpenOptions(), deadline)
+        info = instance.probe(p, OpenOptions(limits=limits), deadline)
         if info.num_frames <= 0:
             raise VideoError(p, "video has 0 frames", reason="empty", backend=instance.name)
+        limits.check_stream(
+            p,
+            width=info.width,
+            height=info.height,
+            duration=info.duration,
+            num_frames=info.num_frames,
+            backend=instance.name,
+        )
         return info
 
     return _run(p, backend, limits, task)
@@ -212,6 +237,7 @@ def load(
     allow_partial: bool = False,
     threads: int = 0,
     dir_fps: float = 1.0,
+    rotation: str = "apply",
 ) -> Clip:
     """Decode the frames ``sampling`` selects from a video file, animated image or frame directory.
 
@@ -225,6 +251,8 @@ def load(
             logging a warning), instead of raising ``VideoError(reason="missing_frames"/"truncated")``.
         threads: decoder threads (0 = automatic).
         dir_fps: frame rate assumed for frame directories.
+        rotation: ``"apply"`` (default) turns frames upright by the container's display rotation (display
+            matrix / ``rotate`` tag), identically for every backend; ``"keep"`` returns them as stored.
 
     Returns:
         a :class:`Clip` with exactly ``len(sampling indices)`` frames, unless ``allow_partial=True``.
@@ -235,19 +263,27 @@ def load(
     """
     if not isinstance(sampling, Sampling):
         raise TypeError(f"sampling must be a video.Sampling, got {type(sampling).__name__}")
+    if rotation not in ROTATION_MODES:
+        raise ValueError(f"rotation must be one of {ROTATION_MODES}, got {rotation!r}")
     p = _check_path(path)
     limits = Limits() if limits is None else limits
-    options = OpenOptions(threads=threads, dir_fps=dir_fps)
+    options = OpenOptions(threads=threads, dir_fps=dir_fps, limits=limits)
 
     def task(instance: Backend, deadline: Deadline) -> Clip:
         with instance.open(p, options, deadline) as reader:
-            return _sample(reader, p, sampling, limits, allow_partial, deadline)
+            return _sample(reader, p, sampling, limits, allow_partial, deadline, rotation == "apply")
 
     return _run(p, backend, limits, task)
 
 
 def _sample(
-    reader: Reader, path: Path, sampling: Sampling, limits: Limits, allow_partial: bool, deadline: Deadline
+    reader: Reader,
+    path: Path,
+    sampling: Sampling,
+    limits: Limits,
+    allow_partial: bool,
+    deadline: Deadline,
+    upright: bool,
 ) -> Clip:
     name = reader.backend
     available = reader.num_frames
@@ -261,12 +297,12 @@ def _sample(
         if not allow_partial:
             raise VideoError(path, truncation, reason="truncated", backend=name)
         warnings.append(truncation)
-    limits.check_stream(
-        path, width=reader.width, height=reader.height, duration=reader.duration, backend=name
-    )
-
     total = declared or available
     fps = reader.fps
+    duration = max(float(reader.duration), float(total / fps) if fps > 0 else 0.0)
+    limits.check_stream(  # before any index array is built from the (possibly declared) frame count
+        path, width=reader.width, height=reader.height, duration=duration, num_frames=total, backend=name
+    )
     exact_times = not reader.cfr and not declared
     all_times = reader.timestamps() if exact_times else None
     try:
@@ -299,10 +335,11 @@ def _sample(
         log.warning("%s: %s [backend: %s]", path, truncation, name)
 
     kept = np.array([i for i in indices if int(i) in decoded], dtype=np.int64)
-    if len(kept):
-        frames = np.stack([decoded[int(i)] for i in kept])
+    turns = _turns(reader, upright, warnings)
+    if len(kept):  # rotated views, copied once by the stack
+        frames = np.ascontiguousarray(np.stack([np.rot90(decoded[int(i)], turns) for i in kept]))
     else:
-        frames = np.zeros((0, reader.height, reader.width, 3), dtype=np.uint8)
+        frames = np.rot90(np.zeros((0, reader.height, reader.width, 3), dtype=np.uint8), turns, axes=(1, 2))
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise VideoError(
             path, f"backend returned frames of shape {frames.shape} and dtype {frames.dtype}", backend=name

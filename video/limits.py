@@ -22,6 +22,9 @@ class Limits:
 
     Attributes:
         max_pixels: largest frame area (width x height) accepted; default 8K UHD (7680 x 4320).
+        max_frames: most frames a video may declare or hold; default 2**23 (about 8.4 million: 6 hours at
+            388 fps). Checked against the container header before any index or frame buffer is allocated,
+            so a header claiming billions of frames is refused instead of exhausting memory.
         max_duration: longest video accepted, in seconds; default 6 hours.
         max_output_bytes: largest returned ``frames`` array (``T*H*W*3`` bytes); default 4 GiB.
             Stops e.g. ``Sampling(fps=1)`` without ``max_frames`` on a 3 h video from exhausting memory.
@@ -34,9 +37,10 @@ class Limits:
     max_duration: float | None = 6 * 3600.0
     max_output_bytes: int | None = 4 * 2**30
     timeout: float | None = 300.0
+    max_frames: int | None = 2**23  # last: keeps the positional order of the fields above
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_output_bytes"):
+        for name in ("max_pixels", "max_frames", "max_output_bytes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"Limits.{name} must be a positive int or None, got {value!r}")
@@ -64,13 +68,27 @@ class Limits:
         width: int,
         height: int,
         duration: float | None,
+        num_frames: int | None = None,
         backend: str | None = None,
     ) -> None:
-        """Raise ``VideoError(reason="too_large")`` if the stream's size or duration exceeds a limit."""
+        """Raise ``VideoError(reason="too_large")`` if the stream's size, frame count or duration exceeds a limit.
+
+        Backends call it with the container header's values before allocating anything per frame.
+        """
+        if width < 0 or height < 0:
+            raise VideoError(path, f"invalid frame size {width}x{height}", reason="corrupt", backend=backend)
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise VideoError(
                 path,
                 f"frame size {width}x{height} = {width * height} pixels exceeds Limits.max_pixels={self.max_pixels}",
+                reason="too_large",
+                backend=backend,
+            )
+        if self.max_frames is not None and num_frames is not None and num_frames > self.max_frames:
+            raise VideoError(
+                path,
+                f"the container declares {num_frames} frames, more than Limits.max_frames={self.max_frames} "
+                "(a corrupt header, or raise the limit)",
                 reason="too_large",
                 backend=backend,
             )

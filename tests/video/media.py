@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import av
@@ -33,3 +34,49 @@ def keyframe_indices(path: Path) -> list[int]:
     table = packet_table(path)
     order = sorted(pts for pts, _ in table)
     return sorted(order.index(pts) for pts, key in table if key)
+
+
+def decode_upright(path: Path) -> list[np.ndarray]:
+    """Reference: every frame turned upright by FFmpeg's own filters, chosen as ``ffmpeg``'s autorotate does.
+
+    ``frame.rotation`` is FFmpeg's ``av_display_rotation_get`` (counter-clockwise degrees); the CLI negates it
+    and inserts ``transpose=clock`` for 90, ``hflip,vflip`` for 180 and ``transpose=cclock`` for 270.
+    """
+    filters = {
+        90: [("transpose", "clock")],
+        180: [("hflip", ""), ("vflip", "")],
+        270: [("transpose", "cclock")],
+    }
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            chain = filters.get(round(-frame.rotation) % 360, [])
+            if not chain:
+                out.append(frame.to_ndarray(format="rgb24"))
+                continue
+            graph = av.filter.Graph()
+            node = graph.add_buffer(template=stream)
+            for name, args in chain:
+                nxt = graph.add(name, args)
+                node.link_to(nxt)
+                node = nxt
+            node.link_to(graph.add("buffersink"))
+            graph.configure()
+            graph.push(frame)
+            out.append(graph.pull().to_ndarray(format="rgb24"))
+    return out
+
+
+def patch_moov_box(source: Path, target: Path, box: bytes, offset: int, fmt: str, *values: int) -> Path:
+    """Copy an MP4, overwriting ``struct`` ``fmt`` fields at ``offset`` bytes into the payload of ``box``.
+
+    ``box`` is found inside ``moov`` (after its header), so media data that happens to contain the same four
+    bytes is never touched. Offsets count from the byte after the box type (the full-box version byte).
+    """
+    data = bytearray(source.read_bytes())
+    moov = data.index(b"moov")
+    at = data.index(box, moov) + 4
+    struct.pack_into(fmt, data, at + offset, *values)
+    target.write_bytes(bytes(data))
+    return target

@@ -8,9 +8,11 @@ assembling the :class:`video.Clip`) lives in :mod:`video.io`, once, for all back
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import stat
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar
@@ -18,16 +20,71 @@ from typing import ClassVar
 import numpy as np
 
 from video.errors import BackendUnavailableError, VideoError
-from video.limits import Deadline
+from video.limits import Deadline, Limits
 
 __all__ = [
+    "ROTATION_MODES",
     "Backend",
     "OpenOptions",
     "Reader",
     "VideoInfo",
     "cfr_timestamps",
     "frame_rate_from_timestamps",
+    "quarter_turns",
+    "require_regular_file",
 ]
+
+#: Values of ``video.load(..., rotation=...)``: ``"apply"`` turns frames upright by the container's display
+#: rotation (what players show, FFmpeg's autorotate); ``"keep"`` returns them as stored.
+ROTATION_MODES = ("apply", "keep")
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def require_regular_file(
+    path: str | os.PathLike[str], *, backend: str | None = None, directory_ok: bool = False
+) -> os.stat_result:
+    """``os.stat`` of ``path``, refusing anything but a regular file **before** anything opens it.
+
+    Opening a FIFO blocks until a writer appears and a device such as ``/dev/zero`` never ends, so every path
+    entry point (``video.load``/``probe`` and each backend's ``open``) calls this first. Directories pass only
+    with ``directory_ok`` (frame directories). Raises ``VideoError`` with ``reason="not_found"`` or
+    ``"not_a_file"``.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(path, "file not found", reason="not_found", backend=backend) from None
+    except OSError as exc:
+        raise VideoError(
+            path, f"cannot access path ({exc.strerror or exc})", reason="not_found", backend=backend
+        ) from exc
+    if stat.S_ISREG(st.st_mode) or (directory_ok and stat.S_ISDIR(st.st_mode)):
+        return st
+    kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+    wanted = "a video file or a frame directory" if directory_ok else "a video file"
+    raise VideoError(
+        path, f"not a regular file ({kind}); pass {wanted}", reason="not_a_file", backend=backend
+    )
+
+
+def quarter_turns(rotation: float) -> int | None:
+    """Counter-clockwise quarter turns (0-3) for a display rotation in degrees; ``None`` if not a multiple of 90.
+
+    Like FFmpeg's autorotate, an angle within 1 degree of a multiple of 90 counts as that multiple.
+    """
+    if not math.isfinite(rotation):
+        return None
+    turns = round(rotation / 90.0)
+    if abs(rotation - 90.0 * turns) > 1.0:
+        return None
+    return turns % 4
 
 
 @dataclass(frozen=True)
@@ -40,9 +97,9 @@ class VideoInfo:
         num_frames: number of frames (header count; counted from packets when the header has none).
         fps: average frame rate.
         duration: seconds.
-        width, height: coded frame size in pixels (before ``rotation``).
-        rotation: display rotation in degrees, counter-clockwise (0, 90, 180 or -90); frames are returned
-            as stored, **not** rotated.
+        width, height: stored (coded) frame size in pixels, before ``rotation``.
+        rotation: display rotation in degrees, counter-clockwise (0, 90, 180 or -90); :func:`video.load`
+            applies it by default (``rotation="keep"`` returns frames as stored).
         codec: decoder name (``"h264"``, ``"gif"``, ``"png"`` for frame directories, ...).
         container: container format name (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"gif"``, ``"directory"``, ...).
     """
@@ -72,10 +129,13 @@ class OpenOptions:
         threads: decoder threads (0 = let the library choose; use 1 inside multi-worker data loaders).
         dir_fps: frame rate assumed for directories of frame images (the reference assumes 2 for
             ShareGPT4Video dumps).
+        limits: checked against the container header **before** a backend builds an index or allocates
+            frame buffers (frame size, frame count, duration).
     """
 
     threads: int = 0
     dir_fps: float = 1.0
+    limits: Limits = field(default_factory=Limits)
 
 
 class Reader(ABC):
@@ -92,7 +152,9 @@ class Reader(ABC):
         fps: average frame rate (exact ``Fraction`` where the container gives one, e.g. 30000/1001).
         cfr: constant frame rate. Timestamps are then ``index / fps``; otherwise they come from the
             presentation timestamps.
-        width, height, codec, rotation, container: as in :class:`VideoInfo`.
+        width, height, codec, rotation, container: as in :class:`VideoInfo` (``width``/``height`` as stored).
+        rotated: :meth:`read` returns frames with ``rotation`` already applied (decord does it itself);
+            :func:`video.load` then applies only what is left, so every backend gives the same frames.
     """
 
     backend: str
@@ -105,6 +167,7 @@ class Reader(ABC):
     height: int
     codec: str
     rotation: int = 0
+    rotated: bool = False
     container: str = ""
     warnings: list[str]
 
@@ -126,6 +189,9 @@ class Reader(ABC):
     @abstractmethod
     def read(self, indices: np.ndarray, deadline: Deadline) -> dict[int, np.ndarray]:
         """Decode the frames at ``indices`` (sorted, unique) as uint8 ``[H, W, 3]`` RGB arrays.
+
+        Frames keep the stored orientation (``height`` x ``width``) unless :attr:`rotated`;
+        :func:`video.load` applies ``rotation`` in one place for every backend.
 
         Frames that cannot be decoded are left out of the result (the caller reports them); a failure of the
         whole file raises :class:`VideoError`. Implementations call ``deadline.check`` regularly.
@@ -206,7 +272,11 @@ class Backend(ABC):
 
     @abstractmethod
     def open(self, path: Path, options: OpenOptions, deadline: Deadline) -> Reader:
-        """Open ``path`` (already known to exist); raise :class:`VideoError` for bad media."""
+        """Open ``path``; raise :class:`VideoError` for bad media.
+
+        Implementations call :func:`require_regular_file` before opening anything and check
+        ``options.limits`` against the header before allocating per-frame state.
+        """
 
     def probe(self, path: Path, options: OpenOptions, deadline: Deadline) -> VideoInfo:
         """Metadata without decoding frames (default: open a reader and describe it)."""

@@ -1,4 +1,12 @@
-"""decord backend (``pip install "onevision[decord]"``): the LLaVA reference's decoder, ``VideoReader.get_batch``."""
+"""decord backend (``pip install "onevision[decord]"``): the LLaVA reference's decoder, ``VideoReader.get_batch``.
+
+decord is C++ that aborts the whole process (``std::bad_alloc``, ``terminate``) on some hostile headers, e.g. an
+MP4 whose ``stts`` claims four billion frames. So a file reaches ``decord.VideoReader`` only after PyAV has
+opened it and its header passed :class:`video.Limits` (:func:`video.backends.pyav.read_header`); the display
+rotation, stored frame size, codec and container name come from that header too (decord reports none of them).
+decord (0.6) turns frames upright by quarter turns of the display matrix itself: the reader says so
+(``rotated``) and :func:`video.load` does not rotate them again.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from video.backends.base import Backend, OpenOptions, Reader, frame_rate_from_timestamps
+from video.backends.base import Backend, OpenOptions, Reader, frame_rate_from_timestamps, quarter_turns
+from video.backends.pyav import read_header
 from video.errors import VideoError
 from video.limits import Deadline
 
@@ -32,12 +41,23 @@ class DecordReader(Reader):
         decord = _decord()
         self.path = path
         self.warnings = []
-        self.container = ""
-        self.codec = "unknown"
+        header = read_header(path, options.limits, backend=NAME)  # refuse what would crash decord
+        deadline.check(path, NAME)
+        self.container = header.container
+        self.codec = header.codec
+        self.rotation = header.rotation
         try:
             self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=options.threads)
             self.num_frames = len(self._vr)
             deadline.check(path, NAME)
+            options.limits.check_stream(
+                path,
+                width=header.width,
+                height=header.height,
+                duration=None,
+                num_frames=self.num_frames,
+                backend=NAME,
+            )
             header_rate = float(self._vr.get_avg_fps())
             stamps = np.asarray(self._vr.get_frame_timestamp(np.arange(self.num_frames)), dtype=np.float64)
             first = self._vr.get_batch([0]).asnumpy()[0]  # decord exposes no frame size: decode frame 0
@@ -47,7 +67,21 @@ class DecordReader(Reader):
             raise VideoError(
                 path, f"decord cannot read this file: {text}", reason=reason, backend=NAME
             ) from exc
-        self.height, self.width = int(first.shape[0]), int(first.shape[1])
+        self.width, self.height = header.width, header.height
+        shape = (int(first.shape[0]), int(first.shape[1]))
+        turns = quarter_turns(self.rotation) or 0
+        if turns % 2 and self.width != self.height:  # an older decord that does not rotate: frames as stored
+            self.rotated = shape == (self.width, self.height)
+        else:
+            self.rotated = turns != 0
+        expected = (self.width, self.height) if self.rotated and turns % 2 else (self.height, self.width)
+        if shape != expected:
+            raise VideoError(
+                path,
+                f"decord decodes {shape[1]}x{shape[0]} frames, the header says {self.width}x{self.height}",
+                reason="decode",
+                backend=NAME,
+            )
         starts = stamps[:, 0] - stamps[0, 0]
         rate = Fraction(header_rate).limit_denominator(100_000) if header_rate > 0 else None
         self.fps, self.cfr = frame_rate_from_timestamps(starts, rate, 1e-3)

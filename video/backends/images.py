@@ -9,13 +9,20 @@
 from __future__ import annotations
 
 import re
+import stat
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from video.backends.base import Backend, OpenOptions, Reader, frame_rate_from_timestamps
+from video.backends.base import (
+    Backend,
+    OpenOptions,
+    Reader,
+    frame_rate_from_timestamps,
+    require_regular_file,
+)
 from video.errors import VideoError
 from video.limits import Deadline
 
@@ -62,6 +69,9 @@ class FrameDirectoryReader(Reader):
         self.num_frames = len(self._files)
         if not self._files:
             raise VideoError(path, "frame directory contains no image files", reason="empty", backend=NAME)
+        options.limits.check_stream(
+            path, width=0, height=0, duration=None, num_frames=self.num_frames, backend=NAME
+        )
         if not options.dir_fps > 0:
             raise VideoError(
                 path, f"dir_fps must be positive, got {options.dir_fps}", reason="decode", backend=NAME
@@ -123,6 +133,18 @@ class AnimatedImageReader(Reader):
         self.codec = (image.format or "image").lower()
         self.container = self.codec
         self.num_frames = int(getattr(image, "n_frames", 1))
+        try:  # before a duration is listed per frame
+            options.limits.check_stream(
+                path,
+                width=self.width,
+                height=self.height,
+                duration=None,
+                num_frames=self.num_frames,
+                backend=NAME,
+            )
+        except VideoError:
+            image.close()
+            raise
         durations = []
         for k in range(self.num_frames):
             deadline.check(path, NAME)
@@ -182,6 +204,6 @@ class ImagesBackend(Backend):
         return path.is_dir() or (path.is_file() and path.suffix.lower() in ANIMATED_SUFFIXES)
 
     def open(self, path: Path, options: OpenOptions, deadline: Deadline) -> Reader:
-        if path.is_dir():
+        if stat.S_ISDIR(require_regular_file(path, backend=NAME, directory_ok=True).st_mode):
             return FrameDirectoryReader(path, options, deadline)
         return AnimatedImageReader(path, options, deadline)

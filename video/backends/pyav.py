@@ -35,6 +35,7 @@ requested frame). Streams whose packets lack unique pts are read in "ordinal" mo
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import logging
 import os
@@ -52,11 +53,12 @@ from video.backends.base import (
     Reader,
     VideoInfo,
     frame_rate_from_timestamps,
+    require_regular_file,
 )
 from video.errors import VideoError
-from video.limits import Deadline
+from video.limits import Deadline, Limits
 
-__all__ = ["PyAVBackend", "PyAVReader"]
+__all__ = ["PyAVBackend", "PyAVReader", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +121,22 @@ def _av() -> Any:
     return av
 
 
-def _open_container(path: Path) -> Any:
+def _open_container(path: Path, backend: str = NAME) -> Any:
+    require_regular_file(path, backend=backend)  # FFmpeg would block on a FIFO or read /dev/zero forever
     av = _av()
     try:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except av.error.FileNotFoundError as exc:
-        raise VideoError(path, "file not found", reason="not_found", backend=NAME) from exc
+        raise VideoError(path, "file not found", reason="not_found", backend=backend) from exc
     except av.error.EOFError as exc:
         raise VideoError(
-            path, f"unexpected end of file while opening ({exc})", reason="corrupt", backend=NAME
+            path, f"unexpected end of file while opening ({exc})", reason="corrupt", backend=backend
         ) from exc
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise VideoError(path, f"cannot open container ({exc})", reason="corrupt", backend=NAME) from exc
+        raise VideoError(path, f"cannot open container ({exc})", reason="corrupt", backend=backend) from exc
 
 
-def _video_stream(container: Any, path: Path) -> Any:
+def _video_stream(container: Any, path: Path, backend: str = NAME) -> Any:
     attached_pic = _av().stream.Disposition.attached_pic
     streams = [s for s in container.streams.video if not (s.disposition & attached_pic)]
     if not streams:
@@ -142,7 +145,7 @@ def _video_stream(container: Any, path: Path) -> Any:
             path,
             f"no video stream (streams: {', '.join(kinds)})",
             reason="no_video_stream",
-            backend=NAME,
+            backend=backend,
         )
     stream = streams[0]
     if stream.codec_context is None:
@@ -150,7 +153,7 @@ def _video_stream(container: Any, path: Path) -> Any:
             path,
             "unsupported codec: FFmpeg has no decoder for this video stream",
             reason="unsupported_codec",
-            backend=NAME,
+            backend=backend,
         )
     return stream
 
@@ -177,6 +180,77 @@ def _rotation(moov: bytes | None, stream: Any) -> int:
         return 0
 
 
+def _rate_and_duration(container: Any, stream: Any, frames: int) -> tuple[Fraction, float]:
+    """Average frame rate and duration in seconds from the header (``frames``: header or counted frames)."""
+    time_base = Fraction(stream.time_base) if stream.time_base else None
+    rate = stream.average_rate or stream.guessed_rate
+    base = stream.base_rate
+    constant = bool(rate and base and abs(float(rate) - float(base)) <= 1e-3 * float(base))
+    if constant and frames:  # like the reference's video_time = total / avg_fps (MP4 header durations drift)
+        duration = float(frames / Fraction(rate))
+    elif stream.duration and time_base:
+        duration = float(stream.duration * time_base)
+    elif container.duration:
+        duration = container.duration / 1_000_000
+    elif rate and frames:
+        duration = float(frames / Fraction(rate))
+    else:
+        duration = 0.0
+    if not rate:
+        rate = Fraction(frames) / Fraction(duration) if frames and duration > 0 else Fraction(0)
+    return Fraction(rate), duration
+
+
+def _header_info(path: Path, container: Any, stream: Any, limits: Limits, backend: str) -> VideoInfo:
+    """The stream header (no demuxing, no decoding), checked against ``limits`` before anything is allocated.
+
+    ``num_frames`` is the header's count (0 when the container has none, e.g. Matroska).
+    """
+    cc = stream.codec_context
+    frames = int(stream.frames or 0)
+    rate, duration = _rate_and_duration(container, stream, frames)
+    width, height = int(cc.width), int(cc.height)
+    limits.check_stream(
+        path, width=width, height=height, duration=duration, num_frames=frames, backend=backend
+    )
+    return VideoInfo(
+        path=str(path),
+        backend=backend,
+        num_frames=frames,
+        fps=float(rate),
+        duration=duration,
+        width=width,
+        height=height,
+        rotation=_rotation(_moov(path, container), stream),
+        codec=str(cc.name),
+        container=str(container.format.name),
+    )
+
+
+def read_header(path: Path, limits: Limits, backend: str = NAME) -> VideoInfo:
+    """Open ``path`` with PyAV and read its video stream header, checked against ``limits`` (no decoding).
+
+    Other backends call it before handing a file to their library: a FIFO, an unparsable container or a
+    header claiming absurd sizes is refused here with a :class:`VideoError` naming ``backend``, instead of
+    reaching a C++ decoder that may abort the process (decord throws ``std::bad_alloc`` on such headers).
+    """
+    try:
+        container = _open_container(path, backend)
+        try:
+            return _header_info(path, container, _video_stream(container, path, backend), limits, backend)
+        finally:
+            container.close()
+    except VideoError as exc:
+        if backend == NAME:
+            raise
+        raise VideoError(
+            path,
+            f"{backend} cannot read this file: {exc.cause} (PyAV header check, before {backend} opens it)",
+            reason=exc.reason,
+            backend=backend,
+        ) from exc
+
+
 class PyAVReader(Reader):
     """A video opened with PyAV, with its packet index built (see the module docstring)."""
 
@@ -186,6 +260,7 @@ class PyAVReader(Reader):
         self.path = path
         self.warnings = []
         self._threads = options.threads
+        self._limits = options.limits
         container = _open_container(path)
         try:
             stream = _video_stream(container, path)
@@ -195,6 +270,11 @@ class PyAVReader(Reader):
             self.width = int(cc.width)
             self.height = int(cc.height)
             self.container = str(container.format.name)
+            frames = int(stream.frames or 0)
+            _rate, duration = _rate_and_duration(container, stream, frames)
+            self._limits.check_stream(  # before the index (one entry per packet) is built
+                path, width=self.width, height=self.height, duration=duration, num_frames=frames, backend=NAME
+            )
             moov = _moov(path, container)  # read once: rotation and the sample table both come from it
             self.rotation = _rotation(moov, stream)
             self._time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1)
@@ -233,6 +313,7 @@ class PyAVReader(Reader):
                 duration.append(int(packet.duration or 0))
                 if len(pts) % 512 == 0:
                     deadline.check(self.path, NAME)
+                    self._check_count(len(pts))
         except av.error.FFmpegError as exc:
             if not pts:
                 raise VideoError(
@@ -240,6 +321,17 @@ class PyAVReader(Reader):
                 ) from exc
             self.warnings.append(f"demuxing stopped after {len(pts)} packets: {exc}")
         return (pts, keyframe, discard, duration), None
+
+    def _check_count(self, packets: int) -> None:
+        """Raise ``too_large`` once the stream holds more packets than ``Limits.max_frames``."""
+        limit = self._limits.max_frames
+        if limit is not None and packets > limit:
+            raise VideoError(
+                self.path,
+                f"the video stream holds more than Limits.max_frames={limit} frames",
+                reason="too_large",
+                backend=NAME,
+            )
 
     def _sample_tables(self, stream: Any, moov: bytes) -> tuple[np.ndarray, ...] | None:
         """FFmpeg's MP4 index next to the file's sample table, if they agree sample for sample (no demuxing).
@@ -251,7 +343,8 @@ class PyAVReader(Reader):
         entries = getattr(stream, "index_entries", None)  # PyAV >= 17
         if entries is None or len(entries) == 0:
             return None
-        table = mp4_sample_table(moov, int(stream.id))
+        self._check_count(len(entries))
+        table = mp4_sample_table(moov, int(stream.id), count=len(entries))
         if table is None or len(table.offsets) != len(entries):
             return None
         # copied at once: the entries point into FFmpeg's index, which demuxing may reallocate
@@ -705,52 +798,30 @@ class PyAVBackend(Backend):
 
     def probe(self, path: Path, options: OpenOptions, deadline: Deadline) -> VideoInfo:
         av = _av()
+        limits = options.limits
         container = _open_container(path)
         try:
             stream = _video_stream(container, path)
-            cc = stream.codec_context
-            time_base = Fraction(stream.time_base) if stream.time_base else None
-            frames = int(stream.frames or 0)
-            if frames == 0:  # header has no count (Matroska, WebM, ...): count packets, still no decoding
-                try:
-                    for packet in container.demux(stream):
-                        if packet.size and not packet.is_discard:
-                            frames += 1
-                            if frames % 512 == 0:
-                                deadline.check(path, NAME)
-                except av.error.FFmpegError as exc:
-                    if frames == 0:
-                        raise VideoError(
-                            path, f"cannot demux ({exc})", reason="corrupt", backend=NAME
-                        ) from exc
-            rate = stream.average_rate or stream.guessed_rate
-            base = stream.base_rate
-            constant = bool(rate and base and abs(float(rate) - float(base)) <= 1e-3 * float(base))
-            if (
-                constant and frames
-            ):  # like the reference's video_time = total / avg_fps (MP4 header durations drift)
-                duration = float(frames / Fraction(rate))
-            elif stream.duration and time_base:
-                duration = float(stream.duration * time_base)
-            elif container.duration:
-                duration = container.duration / 1_000_000
-            elif rate and frames:
-                duration = float(frames / Fraction(rate))
-            else:
-                duration = 0.0
-            if not rate:
-                rate = Fraction(frames) / Fraction(duration) if frames and duration > 0 else Fraction(0)
-            return VideoInfo(
-                path=str(path),
-                backend=NAME,
-                num_frames=frames,
-                fps=float(rate),
-                duration=duration,
-                width=int(cc.width),
-                height=int(cc.height),
-                rotation=_rotation(_moov(path, container), stream),
-                codec=str(cc.name),
-                container=str(container.format.name),
+            info = _header_info(path, container, stream, limits, NAME)
+            if info.num_frames:
+                return info
+            frames = 0  # header has no count (Matroska, WebM, ...): count packets, still no decoding
+            try:
+                for packet in container.demux(stream):
+                    if packet.size and not packet.is_discard:
+                        frames += 1
+                        if frames % 512 == 0:
+                            deadline.check(path, NAME)
+                            limits.check_stream(
+                                path, width=0, height=0, duration=None, num_frames=frames, backend=NAME
+                            )
+            except av.error.FFmpegError as exc:
+                if frames == 0:
+                    raise VideoError(path, f"cannot demux ({exc})", reason="corrupt", backend=NAME) from exc
+            rate, duration = _rate_and_duration(container, stream, frames)
+            limits.check_stream(
+                path, width=info.width, height=info.height, duration=duration, num_frames=frames, backend=NAME
             )
+            return dataclasses.replace(info, num_frames=frames, fps=float(rate), duration=duration)
         finally:
             container.close()
