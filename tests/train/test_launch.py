@@ -56,7 +56,7 @@ def test_free_port_is_picked_on_loopback():
 
 
 WORKER = """
-import json, os
+import json, os, sys
 import torch
 import torch.distributed as dist
 
@@ -77,8 +77,9 @@ for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         f = line.split()
         if f[3] == "0A" and f[9] in mine:
             listening.append(f[1].split(":")[0])
-print("RESULT " + json.dumps({"rank": dist.get_rank(), "sum": t.item(), "master": os.environ["MASTER_ADDR"],
-                              "listening": listening}), flush=True)
+result = {"rank": dist.get_rank(), "sum": t.item(), "master": os.environ["MASTER_ADDR"], "listening": listening}
+with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as out:  # one file each: no interleaving
+    json.dump(result, out)
 dist.barrier()
 dist.destroy_process_group()
 """
@@ -93,7 +94,7 @@ def test_two_process_gloo_launch_talks_over_loopback_only(tmp_path):
     env.pop("MASTER_ADDR")  # set by torchrun from --master_addr, for the workers
     for _attempt in range(2):  # the rare gloo abort at interpreter exit (docs/training.md)
         proc = subprocess.run(
-            torchrun_command(2, free_port(), [str(script)]),
+            torchrun_command(2, free_port(), [str(script), str(tmp_path)]),
             env=env,
             capture_output=True,
             text=True,
@@ -102,7 +103,7 @@ def test_two_process_gloo_launch_talks_over_loopback_only(tmp_path):
         if proc.returncode == 0 or "terminate called" not in proc.stderr:
             break
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["sum"] == 3.0 for r in rows)
     assert all(r["master"] == "127.0.0.1" for r in rows)
     # every socket a worker listens on (gloo's connection listener) is bound to 127.0.0.1 (hex 0100007F)
