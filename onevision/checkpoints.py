@@ -108,6 +108,15 @@ def read_state_dict(directory: str | Path) -> dict[str, Any]:
     return state
 
 
+#: The weight files :func:`write_state_dict` writes (and so the only ones it may replace): ``model.safetensors``,
+#: its shards ``model-00001-of-00003.safetensors`` and the shard index.
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
+
+
+def _is_weights_file(name: str) -> bool:
+    return _WEIGHT_FILE.fullmatch(name) is not None
+
+
 def write_state_dict(
     state: dict[str, Any],
     directory: str | Path,
@@ -132,7 +141,7 @@ def write_state_dict(
         size += nbytes
     meta = {"format": "pt", **(metadata or {})}
     for stale in [*d.glob("model*.safetensors"), d / INDEX_NAME]:
-        if stale.exists():
+        if _is_weights_file(stale.name) and stale.is_file():  # only names this function writes
             stale.unlink()
     if len(shards) == 1:
         save_file(shards[0], str(d / WEIGHTS_NAME), metadata=meta)

@@ -2,6 +2,10 @@
 
 Sub-commands register themselves through :data:`COMMANDS` (name -> "module:function" that adds a parser); modules
 are imported lazily so ``onevision tokens`` never pays for importing transformers.
+
+Exit status: 0 success; 1 a command failed (an unexpected error, or some ``chat --batch`` requests failed);
+2 bad input (argparse errors and typed user errors: ``ValueError`` / ``FileNotFoundError`` subclasses); 130
+interrupted. Every error is one line on stderr; ``--debug`` (before or after the command) adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 #: sub-command name -> "module:register" where ``register(subparsers)`` adds the parser and sets ``func``.
@@ -22,11 +27,29 @@ COMMANDS: dict[str, str] = {
 }
 
 
+DEBUG_HELP = "on an error, print the full traceback too"
+
+
+def version() -> str:
+    """The installed distribution's version (package metadata), else ``onevision.__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("onevision")
+    except PackageNotFoundError:
+        from onevision import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onevision",
         description="High-resolution eyes for vision-language models (LLaVA AnyRes / OneVision).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, target in COMMANDS.items():
@@ -38,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
             stub.set_defaults(func=_unavailable(name, exc))
             continue
         register(sub)
+    for (
+        command
+    ) in sub.choices.values():  # `onevision chat ... --debug` works as well as `onevision --debug chat`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -58,8 +85,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:  # typed user errors: one clear line, no traceback
+        _traceback(args)
         print(f"onevision {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else is a bug or an environment problem: still one line, exit 1
+        _traceback(args)
+        message = " ".join(str(exc).split())
+        print(
+            f"onevision {args.command}: error: {type(exc).__name__}" + (f": {message}" if message else ""),
+            file=sys.stderr,
+        )
+        if not args.debug:
+            print(f"onevision {args.command}: run with --debug for the traceback", file=sys.stderr)
+        return 1
+
+
+def _traceback(args: argparse.Namespace) -> None:
+    """With ``--debug``: the traceback of the exception being handled, before its one-line summary."""
+    if args.debug:
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a checkpoint (onevision, HF llava_onevision or original LLaVA-NeXT) to onevision or HF",
-        description="Load SRC (format detected from its config.json unless --from is given) and write DST.",
+        description="Load SRC (format detected from its config.json unless --from is given) and write DST. "
+        "DST must be new or empty unless --overwrite is given; even then only the files the export writes are "
+        "replaced (config, weights and their shards, tokenizer and processor files): nothing else is deleted.",
     )
     p.add_argument("src", help="source checkpoint directory or hub id")
     p.add_argument("dst", help="destination directory")
@@ -40,10 +43,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="export to HF even if token counts may differ (llava rounding)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty DST, replacing only the files the export writes",
+    )
     p.set_defaults(func=run)
 
 
+def check_destination(src: str, dst: str, *, overwrite: bool) -> None:
+    """Refuse a DST that is a file, or a non-empty directory without ``--overwrite`` (before loading SRC)."""
+    from onevision.errors import CheckpointError
+
+    d = Path(dst)
+    if d.resolve() == Path(src).resolve():
+        raise CheckpointError("source and destination are the same directory")
+    if d.exists() and not d.is_dir():
+        raise CheckpointError(f"{dst}: exists and is not a directory; choose a directory for DST")
+    if not overwrite and d.is_dir() and any(d.iterdir()):
+        raise CheckpointError(
+            f"{dst}: directory is not empty; choose a new or empty DST, or pass --overwrite to replace the "
+            "files the export writes (other files are kept)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_destination(args.src, args.dst, overwrite=args.overwrite)
     from onevision.checkpoints import convert
 
     kwargs = {}

@@ -3,7 +3,9 @@
 Several obvious launch commands silently run without parallelism on CPU (see ``docs/training.md``). This module
 owns the ones that work:
 
-* every backend is started with ``torchrun`` (``python -m torch.distributed.run``) and a free port;
+* every backend is started with ``torchrun`` (``python -m torch.distributed.run``) and a free port; a single-node
+  run advertises its rendezvous on the loopback address (``MASTER_ADDR=127.0.0.1``, the port picked on
+  127.0.0.1, gloo's connections on the loopback interface), a multi-node run on the address the user gives;
 * ``ddp`` on CPU: ``Accelerator(cpu=True)`` (gloo DDP); ``ACCELERATE_USE_CPU`` is set too;
 * ``zero2``/``zero3``: a programmatic ``DeepSpeedPlugin`` with a fully resolved config and, without CUDA,
   ``InitProcessGroupKwargs(backend="gloo")``; ``ACCELERATE_USE_CPU`` must **not** be set (DeepSpeed would be
@@ -27,6 +29,10 @@ from typing import Any
 
 from onevision.train.recipe import RecipeError
 
+#: The rendezvous address of a single-node run: never a wildcard address or the host name, which other machines
+#: could reach.
+LOOPBACK = "127.0.0.1"
+
 #: Keys a DeepSpeed JSON must not define: the optimizer and the schedule are ours (per-component groups).
 FORBIDDEN_DS_KEYS = ("optimizer", "scheduler")
 
@@ -34,7 +40,7 @@ FORBIDDEN_DS_KEYS = ("optimizer", "scheduler")
 def free_port() -> int:
     """A TCP port that is free on the loopback interface right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
 
@@ -131,10 +137,27 @@ def disable_deepspeed_shm_op() -> None:
         module.build_shm_op = lambda: None
 
 
+def loopback_interface() -> str | None:
+    """The name of the loopback network interface (``lo`` on Linux, ``lo0`` on macOS), if there is one."""
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except (OSError, AttributeError):  # no interface listing on this platform
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
 def launch_env(
-    backend: str, base: Mapping[str, str] | None = None, *, cuda: bool | None = None
+    backend: str,
+    base: Mapping[str, str] | None = None,
+    *,
+    cuda: bool | None = None,
+    nnodes: int = 1,
 ) -> dict[str, str]:
-    """The environment for the worker processes of ``backend`` (``single``, ``ddp``, ``zero2``, ``zero3``)."""
+    """The environment for the worker processes of ``backend`` (``single``, ``ddp``, ``zero2``, ``zero3``).
+
+    A single-node run (``nnodes=1``) talks over loopback only: ``MASTER_ADDR`` is 127.0.0.1 whatever the calling
+    shell had, and gloo binds its connections to the loopback interface (unless ``GLOO_SOCKET_IFNAME`` is set).
+    """
     import torch
 
     env = dict(os.environ if base is None else base)
@@ -148,13 +171,41 @@ def launch_env(
         env.pop("ACCELERATE_USE_DEEPSPEED", None)
     elif not cuda:
         env["ACCELERATE_USE_CPU"] = "true"
+    if nnodes == 1:
+        env["MASTER_ADDR"] = LOOPBACK
+        lo = loopback_interface()
+        if lo is not None:
+            env.setdefault("GLOO_SOCKET_IFNAME", lo)
     return env
 
 
 def torchrun_command(
-    num_processes: int, port: int, args: Sequence[str], *, python: str | None = None
+    num_processes: int,
+    port: int,
+    args: Sequence[str],
+    *,
+    python: str | None = None,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
 ) -> list[str]:
-    """``python -m torch.distributed.run`` on one machine with ``num_processes`` workers running ``args``."""
+    """``python -m torch.distributed.run`` with ``num_processes`` workers per node running ``args``.
+
+    One node (the default): the rendezvous is on 127.0.0.1 (``master_addr`` is not used). Several nodes: every
+    node passes the same ``master_addr`` (node 0's address, reachable from the others) and its own ``node_rank``.
+    """
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise RecipeError(
+            "launch", "node_rank", f"must be in [0, {nnodes}) for {nnodes} node(s), got {node_rank}"
+        )
+    if nnodes == 1:
+        master_addr = LOOPBACK
+    elif not master_addr:
+        raise RecipeError(
+            "launch",
+            "master_addr",
+            f"a {nnodes}-node run needs the address of node 0 that every node can reach; pass it explicitly",
+        )
     return [
         python or sys.executable,
         "-m",
@@ -162,9 +213,11 @@ def torchrun_command(
         "--nproc_per_node",
         str(num_processes),
         "--nnodes",
-        "1",
+        str(nnodes),
+        "--node_rank",
+        str(node_rank),
         "--master_addr",
-        "127.0.0.1",
+        master_addr,
         "--master_port",
         str(port),
         *args,
