@@ -14,6 +14,7 @@ import typing
 
 import pytest
 
+from onevision.cli import main
 from onevision.train.recipe import NUMERIC_RANGES, Recipe, RecipeError, list_recipes, load_recipe
 
 BASE = "name: b\noutput_dir: out\ndata: {path: d.json, modalities: [image, text]}\nmodel: {preset: tiny}\n"
@@ -236,3 +237,28 @@ def test_recipe_listing_skips_a_bomb_description(tmp_path, monkeypatch):
     start = time.perf_counter()
     assert list_recipes() == [("bomb", ""), ("ok", "fine")]
     assert time.perf_counter() - start < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. --dry-run exit status
+
+
+def test_dry_run_exits_non_zero_on_an_invalid_recipe(tmp_path, capsys):
+    base = _write(tmp_path / "base.yaml", BASE)
+    assert main(["train", str(base), "--dry-run", "--no-model"]) == 0
+    assert capsys.readouterr().out.startswith(f"# b ({base})")
+    assert main(["train", str(base), "optim.lr=.nan", "--dry-run", "--no-model"]) == 2
+    err = capsys.readouterr().err
+    assert err == "onevision train: error: command line: optim.lr: must be a finite number > 0, got nan\n"
+    nan_file = _write(tmp_path / "nan.yaml", "extends: base.yaml\noptim: {warmup_ratio: .nan}\n")
+    assert main(["train", str(nan_file), "--dry-run"]) == 2
+    assert f"{nan_file}: optim.warmup_ratio: must be a finite number in [0, 1]" in capsys.readouterr().err
+
+
+def test_dry_run_exits_non_zero_when_the_model_builder_rejects_the_recipe(tmp_path, capsys):
+    base = _write(tmp_path / "base.yaml", BASE.replace("{preset: tiny}", "{preset: huge}"))
+    assert main(["train", str(base), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"# b ({base})") and "token budget:" in out  # what it could resolve is still shown
+    assert "trainable parameters: invalid recipe" in out
+    assert err == f"onevision train: error: {base}: model.preset: unknown preset 'huge'; known: tiny\n"
