@@ -34,10 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from onevision.train.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.dry_run:
-        from onevision.train.dryrun import dry_run
+    if args.dry_run:  # an invalid recipe exits non-zero (load_recipe above raised, or the model builder did)
+        from onevision.train.dryrun import dry_run_report
 
-        print(dry_run(recipe, build=not args.no_model))
+        text, error = dry_run_report(recipe, build=not args.no_model)
+        print(text, flush=True)
+        if error is not None:
+            raise error
         return 0
     n = recipe.engine.num_processes
     if n > 1 and "LOCAL_RANK" not in os.environ:

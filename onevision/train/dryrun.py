@@ -1,11 +1,17 @@
-"""``onevision train --dry-run``: the resolved recipe, the trainable-parameter table and the token budget."""
+"""``onevision train --dry-run``: the resolved recipe, the trainable-parameter table and the token budget.
+
+A recipe that fails validation never gets here (:func:`~onevision.train.recipe.load_recipe` raises). A recipe the
+model builder rejects (unknown preset, tile size not the encoder's, components the model lacks) is reported by
+:func:`dry_run_report` as an error, so ``onevision train --dry-run`` exits non-zero; a model that cannot be built
+for other reasons (hub weights offline, ``init_from`` not trained yet) is only noted.
+"""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
-from onevision.train.recipe import Recipe
+from onevision.train.recipe import Recipe, RecipeError
 
 #: Reference image sizes (height, width) for the per-image token budget.
 REFERENCE_SIZES = ((384, 384), (768, 1024), (1080, 1920), (2160, 3840))
@@ -47,11 +53,22 @@ def token_budget(recipe: Recipe) -> str:
 
 def dry_run(recipe: Recipe, *, build: bool = True) -> str:
     """Everything ``onevision train`` would print before training, without training."""
+    return dry_run_report(recipe, build=build)[0]
+
+
+def dry_run_report(recipe: Recipe, *, build: bool = True) -> tuple[str, RecipeError | None]:
+    """:func:`dry_run`'s text and the :class:`RecipeError` that building the model raised (``None`` if none)."""
     out = [f"# {recipe.name} ({recipe.source})", recipe.to_yaml().rstrip(), "", token_budget(recipe)]
     if not build:
-        return "\n".join(out)
+        return "\n".join(out), None
+    from onevision.train.build import build_encoder, build_model, check_init_from
+
     try:
-        from onevision.train.build import build_encoder, build_model
+        check_init_from(recipe)
+    except RecipeError as exc:  # the previous stage is not trained yet: the recipe itself may be fine
+        out += ["", f"trainable parameters: unavailable ({exc})"]
+        return "\n".join(out), None
+    try:
         from onevision.train.optim import apply_trainable, build_param_groups, format_table
 
         model = build_model(recipe)
@@ -59,15 +76,18 @@ def dry_run(recipe: Recipe, *, build: bool = True) -> str:
         build_param_groups(model.component_parameters(), recipe)
         out += ["", "trainable parameters:", format_table(rows)]
         encoder = build_encoder(recipe, model)
+    except RecipeError as exc:  # the recipe does not fit the model: an error, not a note
+        out += ["", f"trainable parameters: invalid recipe ({exc})"]
+        return "\n".join(out), exc
     except Exception as exc:  # e.g. hub weights not available offline: still show the recipe and budget
         out += ["", f"trainable parameters: unavailable ({type(exc).__name__}: {exc})"]
-        return "\n".join(out)
+        return "\n".join(out), None
     if recipe.data.synthetic is None and not Path(recipe.data.path).exists():
         out.append(f"\ndata: {recipe.data.path} not found (lengths not measured)")
-        return "\n".join(out)
+        return "\n".join(out), None
     if recipe.data.synthetic is not None and not Path(recipe.data.path).exists():
         out.append(f"\ndata: synthetic, generated at {recipe.data.path} on the first run")
-        return "\n".join(out)
+        return "\n".join(out), None
     from onevision.train.data import load_samples, plan_samples
     from onevision.train.sampler import GroupedBatchSampler
 
@@ -93,4 +113,4 @@ def dry_run(recipe: Recipe, *, build: bool = True) -> str:
             f"{max(lengths):,}; {sampler.steps_per_epoch()} steps per epoch, {steps} optimizer steps; "
             f"planned padding {100 * sampler.padding_fraction(0):.1f}%"
         )
-    return "\n".join(out)
+    return "\n".join(out), None

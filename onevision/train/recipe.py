@@ -7,7 +7,12 @@ OmegaConf interpolation (``${output_root}/stage1``, ``${oc.env:HOME}``) is resol
 
 Every key is checked against the dataclasses below: an unknown or misspelt key raises :class:`RecipeError` naming
 the recipe file that set it, the dotted key and the closest valid name (``difflib``); a value of the wrong type
-names the expected type.
+names the expected type, and a number out of its range (or not finite) names the range.
+
+YAML is read by PyYAML's safe loader with two more checks (files, ``extends:`` parents and override values alike):
+a key repeated in one mapping is an error naming both lines (PyYAML would keep the last one silently), and a
+document that would expand to more than :data:`MAX_YAML_NODES` nodes through anchors and aliases (an alias
+bomb, "billion laughs") or that refers to itself is refused before anything expands it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -30,6 +37,9 @@ Modality = Literal["image", "multi_image", "video", "text"]
 ALL_MODALITIES: tuple[str, ...] = ("image", "multi_image", "video", "text")
 COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "newline")
 _REQUIRED = object()
+
+#: the most YAML nodes one recipe file or override value may expand to, every alias use counted in full
+MAX_YAML_NODES = 100_000
 
 
 class RecipeError(ValueError):
@@ -300,8 +310,10 @@ def list_recipes() -> list[tuple[str, str]]:
         if rel.parts[0] in ("deepspeed", "data") or any(p.startswith("_") for p in rel.parts):
             continue
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
+            raw = load_yaml(path.read_text(), str(path)) or {}
+        except RecipeError:
+            raw = {}
+        if not isinstance(raw, dict):
             raw = {}
         out.append((rel.with_suffix("").as_posix(), str(raw.get("description", "")).strip()))
     return out
@@ -376,21 +388,94 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise RecipeError("command line", item, "an override must look like key.sub=value")
+    if not raw.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return key, _parse_yaml(raw, "command line", prefix=f"{key}.")
     except yaml.YAMLError as exc:
         raise RecipeError("command line", key, f"cannot parse value {raw!r} as YAML ({exc})") from None
-    return key, value
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """One YAML document through PyYAML's safe loader, refusing duplicate keys and alias bombs.
+
+    ``source`` names the text in errors (``file:LINE`` for a duplicate key). Raises :class:`RecipeError` for
+    invalid YAML, a key repeated in one mapping, a self-referencing alias and a document that expands to more
+    than :data:`MAX_YAML_NODES` nodes.
+    """
+    try:
+        return _parse_yaml(text, source)
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, None, f"invalid YAML ({exc})") from None
+
+
+def _parse_yaml(text: str, source: str, *, prefix: str = "") -> Any:
+    """:func:`load_yaml` that lets PyYAML's own syntax errors through (``prefix`` starts every dotted key)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source, prefix)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise RecipeError(source, prefix.rstrip(".") or None, "YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, source: str, prefix: str) -> None:
+    """Count the expanded size of the node graph (each node once, memoised) and look for duplicate keys."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    lines = source != "command line"
+
+    def where(node: yaml.Node) -> str:
+        return f"{source}:{node.start_mark.line + 1}" if lines else source
+
+    def visit(node: yaml.Node, path: str) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in active:
+            raise RecipeError(where(node), path or None, "an alias refers to the node that contains it")
+        active.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                dotted = f"{path}.{name}" if path else str(name)
+                if name is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                    if name in seen:
+                        first = seen[name].start_mark.line + 1
+                        err = RecipeError(
+                            where(key_node), None, f"duplicate key {dotted!r} (first at line {first})"
+                        )
+                        err.key = dotted
+                        raise err
+                    seen[name] = key_node
+                total += visit(key_node, dotted) + visit(value_node, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(visit(child, f"{path}[{i}]") for i, child in enumerate(node.value))
+        active.discard(id(node))
+        if total > MAX_YAML_NODES:
+            raise RecipeError(
+                source,
+                path or None,
+                f"expands to more than {MAX_YAML_NODES:,} YAML nodes through anchors and aliases (an alias "
+                "bomb?); write the values out or use fewer aliases",
+            )
+        sizes[id(node)] = total
+        return total
+
+    visit(root, prefix.rstrip("."))
 
 
 def _load_with_extends(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
     if file in chain:
         cycle = " -> ".join(str(p) for p in (*chain, file))
         raise RecipeError(str(file), "extends", f"circular extends: {cycle}")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(str(file), None, f"invalid YAML ({exc})") from None
+    raw = load_yaml(file.read_text(), str(file))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -588,6 +673,110 @@ def _describe(tp: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Numeric ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric recipe field accepts. Every number must be finite; ``null`` passes where the type
+    allows it. ``low_open``/``high_open`` exclude the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    note: str = ""
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        low, high = _fmt(self.low), _fmt(self.high)
+        if self.low is not None and self.high is not None:
+            bounds = f" in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            bounds = f" {'>' if self.low_open else '>='} {low}"
+        elif self.high is not None:
+            bounds = f" {'<' if self.high_open else '<='} {high}"
+        else:
+            bounds = ""
+        return f"{kind}{bounds}{f' ({self.note})' if self.note else ''}"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_COUNT = Range(1, integer=True)
+_SEED = Range(0, 2**32 - 1, integer=True, note="NumPy seeds are 32-bit")
+
+#: every numeric field of the schema (``[]`` stands for each list element); a float field missing here must
+#: still be finite. ``tests/train/test_hardening_recipes.py`` checks that no int/float field is left out.
+NUMERIC_RANGES: dict[str, Range] = {
+    "seed": _SEED,
+    "model.vision_select_layer": Range(integer=True, note="a layer index; negative counts from the last"),
+    "visual.tile_size": _COUNT,
+    "visual.patch_size": _COUNT,
+    "visual.video.frames_upbound": Range(0, integer=True, note="0 = no cap"),
+    "visual.video.video_fps": _POSITIVE,
+    "visual.video.pool_stride": _COUNT,
+    **{f"components.{n}.lr": _POSITIVE for n in COMPONENTS},
+    **{f"components.{n}.lr_scale": _POSITIVE for n in COMPONENTS},
+    **{f"components.{n}.weight_decay": _NON_NEGATIVE for n in COMPONENTS},
+    "optim.lr": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.betas[]": Range(0, 1, high_open=True),
+    "optim.eps": _POSITIVE,
+    "optim.max_grad_norm": Range(0, note="0 or null = no clipping"),
+    "optim.warmup_ratio": Range(0, 1),
+    "optim.warmup_steps": Range(0, integer=True),
+    "optim.min_lr_ratio": Range(0, 1),
+    "train.epochs": _COUNT,
+    "train.max_steps": Range(1, integer=True, note="or null for whole epochs"),
+    "train.micro_batch_size": _COUNT,
+    "train.grad_accum": _COUNT,
+    "engine.num_processes": _COUNT,
+    "engine.timeout_s": _COUNT,
+    "data.model_max_length": _COUNT,
+    "data.lookahead": _COUNT,
+    "data.num_workers": Range(0, integer=True),
+    "data.synthetic.num_samples": _COUNT,
+    "data.synthetic.seed": _SEED,
+    "data.synthetic.image_sizes[][]": _COUNT,
+    "data.synthetic.video_frames": _COUNT,
+    "checkpoint.every_steps": _COUNT,
+    "checkpoint.keep_last": _COUNT,
+    "logging.every_steps": _COUNT,
+}
+_FINITE = Range()
+
+
+def _numbers(obj: Any, path: str = "", pattern: str = "") -> typing.Iterator[tuple[str, Range, float]]:
+    """``(dotted key, its range, value)`` for every number in the recipe's dataclasses and their lists
+    (free-form mappings such as ``model.options`` are the builder's to check)."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            if not f.metadata.get("internal"):
+                sep = "." if path else ""
+                yield from _numbers(getattr(obj, f.name), f"{path}{sep}{f.name}", f"{pattern}{sep}{f.name}")
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            yield from _numbers(item, f"{path}[{i}]", f"{pattern}[]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, NUMERIC_RANGES.get(pattern, _FINITE), obj
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Cross-field validation
 
 
@@ -596,7 +785,8 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
     origins = origins or {}
 
     def err(key: str, msg: str) -> RecipeError:
-        return RecipeError(_origin(origins, key) or recipe.source or None, key, msg)
+        source = _origin(origins, re.sub(r"\[\d+\]", "", key)) or recipe.source or None
+        return RecipeError(source, key, msg)
 
     import anyres
 
@@ -606,6 +796,9 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
         raise err("output_dir", "set an output directory (e.g. output_dir=runs/my-stage)")
     if not recipe.data.path and recipe.data.synthetic is None:
         raise err("data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml")
+    for key, rule, value in _numbers(recipe):
+        if not rule.allows(value):
+            raise err(key, f"must be {rule.describe()}, got {value!r}")
     for mod in ("image", "multi_image"):
         try:
             recipe.image_strategy(mod)
@@ -619,39 +812,12 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
                 "required when data.modalities includes video "
                 "(OneVision: one_token; LLaVA-Video: grid); there is no silent default",
             )
-        if v.frames_upbound < 0 or v.pool_stride < 1 or v.video_fps <= 0:
-            raise err("visual.video", "frames_upbound must be >= 0, pool_stride >= 1 and video_fps > 0")
         if v.force_sample and v.frames_upbound < 1:
             raise err("visual.video.force_sample", "force_sample needs frames_upbound >= 1")
     if not recipe.data.modalities:
         raise err("data.modalities", "list at least one modality")
-    positives = {
-        "train.micro_batch_size": recipe.train.micro_batch_size,
-        "train.grad_accum": recipe.train.grad_accum,
-        "train.epochs": recipe.train.epochs,
-        "engine.num_processes": recipe.engine.num_processes,
-        "data.model_max_length": recipe.data.model_max_length,
-        "data.lookahead": recipe.data.lookahead,
-        "checkpoint.every_steps": recipe.checkpoint.every_steps,
-        "checkpoint.keep_last": recipe.checkpoint.keep_last,
-        "logging.every_steps": recipe.logging.every_steps,
-    }
-    for key, value in positives.items():
-        if value < 1:
-            raise err(key, f"must be >= 1, got {value}")
-    if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
-        raise err("train.max_steps", "must be >= 1 (or null for whole epochs)")
-    if recipe.data.num_workers < 0:
-        raise err("data.num_workers", "must be >= 0")
-    o = recipe.optim
-    if o.lr <= 0:
-        raise err("optim.lr", f"must be > 0, got {o.lr}")
-    if not 0 <= o.warmup_ratio < 1:
-        raise err("optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
-    if not 0 <= o.min_lr_ratio <= 1:
-        raise err("optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise err("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    if len(recipe.optim.betas) != 2:
+        raise err("optim.betas", f"must be two numbers in [0, 1), got {recipe.optim.betas}")
     trainable = [n for n in COMPONENTS if recipe.component(n).trainable != "frozen"]
     if not trainable:
         raise err(
@@ -659,12 +825,6 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             "nothing is trainable; set components.<name>.trainable: full for at least one of "
             + ", ".join(COMPONENTS),
         )
-    for name in COMPONENTS:
-        c = recipe.component(name)
-        if c.lr is not None and c.lr <= 0:
-            raise err(f"components.{name}.lr", f"must be > 0, got {c.lr}")
-        if c.lr_scale <= 0:
-            raise err(f"components.{name}.lr_scale", f"must be > 0, got {c.lr_scale}")
     e = recipe.engine
     if e.backend == "single" and e.num_processes != 1:
         raise err(
