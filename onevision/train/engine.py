@@ -4,12 +4,19 @@ One optimizer step = ``grad_accum`` micro-batches on each of ``world_size`` proc
 :class:`~onevision.train.sampler.GroupedBatchSampler`. The logged loss of a step is the mean of its micro-batch
 losses over accumulation and ranks, so 1 process x ``grad_accum=2`` and 2 processes x ``grad_accum=1`` log the same
 numbers. The LR schedule is stepped here, once per optimizer step (never through ``accelerator.prepare``).
+
+A step whose loss (on any rank) or global gradient norm is not finite is skipped: its data is consumed and the LR
+schedule advances, but no parameter or optimizer state changes (DeepSpeed skips it itself on a non-finite norm).
+After ``train.max_bad_steps`` consecutive skipped steps the run stops with :class:`TrainingError` naming the step;
+no checkpoint is written for a skipped step, and no final model or ``stage.json`` for a stopped run. Every skip
+(records at planning, samples at load time, steps) is totalled at the end and written to ``stage.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -25,7 +32,15 @@ from onevision.train.build import (
     enable_gradient_checkpointing,
     save_model,
 )
-from onevision.train.checkpoint import CheckpointError, CheckpointManager, load_rng, save_rng
+from onevision.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_json,
+    load_rng,
+    no_pickle,
+    save_json,
+    save_rng,
+)
 from onevision.train.data import Collator, DataStats, TrainDataset, load_samples, plan_samples
 from onevision.train.launch import (
     check_distributed,
@@ -45,6 +60,14 @@ from onevision.train.recipe import Recipe, RecipeError
 from onevision.train.sampler import GroupedBatchSampler
 
 logger = logging.getLogger("onevision.train")
+SCHEDULER_FILE = "scheduler.json"
+LOAD_SKIP_REASON = "media failed to load"
+BAD_STEP_REASON = "non-finite loss or gradient norm"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. ``train.max_bad_steps`` consecutive non-finite steps); the last good
+    checkpoint is kept and the stage is not marked finished."""
 
 
 @dataclass
@@ -56,6 +79,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     resumed_from: Path | None = None
     stats: DataStats | None = None
+    skipped: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # what stage.json records under "skipped"
 
 
 def make_accelerator(recipe: Recipe, *, hidden_size: int | None = None) -> Any:
@@ -209,7 +235,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     ckpt.clean_incomplete()
     metrics = MetricsLog(out / "metrics.jsonl" if (is_main and recipe.logging.jsonl) else None)
     step, resumed = 0, None
-    resume_dir = _find_resume(recipe, ckpt)
+    load_skipped, bad_steps = 0, 0
+    resume_dir = _find_resume(recipe, ckpt, is_main)
     if resume_dir is not None:
         manifest = CheckpointManager.read_manifest(resume_dir)
         if manifest.get("recipe_hash") != recipe.hash() and not recipe.checkpoint.allow_recipe_change:
@@ -218,11 +245,10 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                 f" != {recipe.hash()}); set checkpoint.allow_recipe_change=true to resume anyway, "
                 "or checkpoint.resume=never to start over"
             )
-        acc.load_state(str(resume_dir / "state"))
-        scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", weights_only=False))
-        sampler.load_state_dict(manifest["sampler"])
-        load_rng(resume_dir, rank)
+        load_checkpoint(resume_dir, acc, scheduler, sampler, rank)
         step, resumed = int(manifest["step"]), resume_dir
+        load_skipped = int(manifest.get("skipped", {}).get("load", 0))
+        bad_steps = int(manifest.get("skipped", {}).get("steps", 0))
         metrics.truncate_after(step)
         if is_main:
             print(f"[onevision] resumed from {resume_dir} at step {step}", flush=True)
@@ -241,6 +267,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     fallback: dict[str, Any] | None = None
     model.train()
     stop_at = total if stop_after is None else min(total, step + stop_after)
+    nan_steps = _injected_nan_steps()
+    bad_run = 0
     t_last = time.perf_counter()
     while step < stop_at:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -274,6 +302,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                 batch = _to_device(batch, acc.device)
                 with acc.accumulate(model):
                     loss = model(**batch).loss * weight
+                    if step + 1 in nan_steps:
+                        loss = loss * float("nan")
                     acc.backward(loss)
                 loss_sum += float(loss.detach())
                 mask = batch["attention_mask"]
@@ -281,20 +311,42 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                     [float(mask.sum()) * weight, float(mask.numel()) * weight, skipped, 1.0],
                     dtype=torch.float64,
                 )
+            # summed over ranks before the update: a non-finite loss on any rank makes every rank skip the step
+            totals = acc.reduce(torch.cat([loss_sum.view(1), counts]).to(acc.device), reduction="sum").cpu()
+            step_loss = float(totals[0] / totals[4])
             grad_norm = None
-            if is_deepspeed:
+            if is_deepspeed:  # the engine stepped inside backward(); it skips a step whose norm is not finite
                 grad_norm = model.get_global_grad_norm()
             else:
-                if recipe.optim.max_grad_norm:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), recipe.optim.max_grad_norm)
-                optimizer.step()
+                # max_norm=inf measures the global norm without clipping (grads are already reduced across ranks)
+                grad_norm = acc.clip_grad_norm_(
+                    model.parameters(), recipe.optim.max_grad_norm or float("inf")
+                )
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            bad = not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm))
+            if not is_deepspeed:
+                if not bad:
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             lrs = {name: g["lr"] for name, g in zip(group_names, optimizer.param_groups)}
             scheduler.step()
             step += 1
             in_epoch += 1
-            totals = acc.reduce(torch.cat([loss_sum.view(1), counts]).to(acc.device), reduction="sum").cpu()
-            step_loss = float(totals[0] / totals[4])
+            load_skipped += int(totals[3])
+            if bad:
+                bad_steps += 1
+                bad_run += 1
+                if is_main:
+                    logger.warning(
+                        "step %d skipped: loss %s, gradient norm %s (%d in a row; train.max_bad_steps=%d)",
+                        step,
+                        step_loss,
+                        grad_norm,
+                        bad_run,
+                        recipe.train.max_bad_steps,
+                    )
+            else:
+                bad_run = 0
             losses.append(step_loss)
             now = time.perf_counter()
             tps = float(totals[1]) / max(now - t_last, 1e-9)
@@ -303,9 +355,10 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                 record = {
                     "step": step,
                     "epoch": epoch,
-                    "loss": step_loss,
+                    "loss": step_loss if math.isfinite(step_loss) else None,
                     "lr": lrs,
-                    "grad_norm": None if grad_norm is None else float(grad_norm),
+                    "grad_norm": grad_norm if grad_norm is None or math.isfinite(grad_norm) else None,
+                    "skipped_step": bad,
                     "tokens": int(totals[1]),
                     "padding": 1.0 - float(totals[1]) / max(float(totals[2]), 1.0),
                     "tokens_per_s": tps,
@@ -319,17 +372,53 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                     for k, v in lrs.items():
                         tracker.add_scalar(f"lr/{k}", v, step)
             progress.update(step_loss, lrs, tps)
-            if step % recipe.checkpoint.every_steps == 0 and step < total:
-                _save_checkpoint(ckpt, acc, scheduler, sampler, recipe, step, per_epoch, rank)
+            if bad_run >= recipe.train.max_bad_steps:
+                progress.close()
+                if tracker is not None:
+                    tracker.close()
+                raise TrainingError(
+                    f"{recipe.name}: {bad_run} consecutive steps with a non-finite loss or gradient norm, the "
+                    f"last at step {step} (train.max_bad_steps={recipe.train.max_bad_steps}); stopped without "
+                    f"a final model. Last good checkpoint: {ckpt.latest() or 'none'}. Lower optim.lr, check "
+                    "the data, or resume from that checkpoint"
+                )
+            skipped = {"load": load_skipped, "steps": bad_steps}
+            if step % recipe.checkpoint.every_steps == 0 and step < total and not bad:
+                _save_checkpoint(ckpt, acc, scheduler, sampler, recipe, step, per_epoch, rank, skipped)
         del it, loader
     progress.close()
+    totals_skipped = _skip_totals(stats, load_skipped, bad_steps)
     if step >= total:
-        _save_final(acc, model, encoder, recipe, out, step, resumed)
+        if is_main:
+            print(f"[onevision] skipped: {_format_skips(totals_skipped)}", flush=True)
+        _save_final(acc, model, encoder, recipe, out, step, resumed, totals_skipped)
     if tracker is not None:
         tracker.close()
     acc.wait_for_everyone()
     acc.end_training()
-    return TrainResult(out, step, losses, resumed, stats)
+    return TrainResult(out, step, losses, resumed, stats, totals_skipped)
+
+
+def _skip_totals(stats: DataStats, load_skipped: int, bad_steps: int) -> dict[str, dict[str, int]]:
+    """Everything the run left out, by stage and reason (what ``stage.json`` records under ``skipped``)."""
+    return {
+        "planning": dict(sorted(stats.dropped.items())),
+        "load": {LOAD_SKIP_REASON: load_skipped} if load_skipped else {},
+        "steps": {BAD_STEP_REASON: bad_steps} if bad_steps else {},
+    }
+
+
+def _format_skips(skipped: dict[str, dict[str, int]]) -> str:
+    parts = [f"{where} {reason}: {n}" for where, reasons in skipped.items() for reason, n in reasons.items()]
+    return "; ".join(parts) or "nothing"
+
+
+def _injected_nan_steps() -> set[int]:
+    """Fault injection for tests: ``ONEVISION_FAULT=nan_loss:3,4`` makes the loss of steps 3 and 4 NaN."""
+    spec = os.environ.get("ONEVISION_FAULT", "")
+    if not spec.startswith("nan_loss:"):
+        return set()
+    return {int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()}
 
 
 def _build_whole_model(recipe: Recipe) -> Any:
@@ -366,15 +455,47 @@ def _first_good_batch(
     raise RuntimeError("every sample of the first global batch failed to load; check the media files")
 
 
-def _find_resume(recipe: Recipe, ckpt: CheckpointManager) -> Path | None:
+def _find_resume(recipe: Recipe, ckpt: CheckpointManager, is_main: bool) -> Path | None:
+    """``auto``: the newest checkpoint that verifies (damaged newer ones are reported and skipped, never deleted);
+    an explicit directory must verify."""
     mode = recipe.checkpoint.resume
     if mode == "never":
         return None
     if mode == "auto":
-        return ckpt.latest()
+
+        def report(message: str) -> None:
+            if is_main:
+                print(f"[onevision] {message}", flush=True)
+
+        return ckpt.latest_good(report=report)
     p = Path(mode)
-    CheckpointManager.read_manifest(p)
+    problem = ckpt.verify(p)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint.resume={p}: the checkpoint is damaged ({problem})")
     return p
+
+
+def load_checkpoint(
+    path: Path, acc: Any, scheduler: Any, sampler: GroupedBatchSampler, rank: int
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler, sampler position and this rank's RNG from a checkpoint directory,
+    unpickling nothing (:func:`~onevision.train.checkpoint.no_pickle`); returns its manifest."""
+    manifest = CheckpointManager.read_manifest(path)
+    with no_pickle():
+        try:
+            acc.load_state(str(path / "state"))
+        except Exception as exc:  # a checkpoint that verifies yet fails to load was forged or is foreign
+            raise CheckpointError(
+                f"{path}: cannot load the training state ({type(exc).__name__}: {exc})"
+            ) from exc
+    state = load_json(path / SCHEDULER_FILE)
+    try:
+        scheduler.load_state_dict(state)
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise CheckpointError(f"{path / SCHEDULER_FILE}: not a scheduler state ({exc})") from None
+    sampler.load_state_dict(manifest["sampler"])
+    load_rng(path, rank)
+    return manifest
 
 
 def _save_checkpoint(
@@ -386,13 +507,12 @@ def _save_checkpoint(
     step: int,
     per_epoch: int,
     rank: int,
+    skipped: dict[str, int],
 ) -> Path:
-    import torch
-
     def write(tmp: Path) -> None:
         acc.save_state(str(tmp / "state"), safe_serialization=True)
         if acc.is_main_process:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            save_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
         save_rng(tmp, rank)
 
     epoch, in_epoch = divmod(step, per_epoch)
@@ -403,12 +523,20 @@ def _save_checkpoint(
         "stage": recipe.stage,
         "world_size": acc.num_processes,
         "backend": recipe.engine.backend,
+        "skipped": skipped,
     }
     return ckpt.save(step, write, manifest)
 
 
 def _save_final(
-    acc: Any, model: Any, encoder: Any, recipe: Recipe, out: Path, step: int, resumed: Path | None
+    acc: Any,
+    model: Any,
+    encoder: Any,
+    recipe: Recipe,
+    out: Path,
+    step: int,
+    resumed: Path | None,
+    skipped: dict[str, dict[str, int]],
 ) -> None:
     """A self-contained model directory in ``out`` (weights + config + recipe), ``stage.json`` written last."""
     state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
@@ -431,6 +559,7 @@ def _save_final(
             "init_from": recipe.init_from,
             "resumed_from": str(resumed) if resumed else None,
             "builder": recipe.model.builder,
+            "skipped": skipped,
             "time": time.time(),
         }
         part = out / f"{STAGE_FILE}.part"

@@ -152,6 +152,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: Literal["bf16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
+    max_bad_steps: int = 5  # stop after this many consecutive steps with a non-finite loss or gradient norm
 
 
 @dataclass
@@ -256,6 +257,7 @@ class Recipe:
         """
         d = {k: v for k, v in self.to_dict().items() if k not in ignore}
         d.get("train", {}).pop("max_steps", None)
+        d.get("train", {}).pop("max_bad_steps", None)
         d.get("data", {}).pop("num_workers", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -745,6 +747,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "train.max_steps": Range(1, integer=True, note="or null for whole epochs"),
     "train.micro_batch_size": _COUNT,
     "train.grad_accum": _COUNT,
+    "train.max_bad_steps": _COUNT,
     "engine.num_processes": _COUNT,
     "engine.timeout_s": _COUNT,
     "data.model_max_length": _COUNT,

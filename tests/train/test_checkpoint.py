@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -30,7 +31,8 @@ def test_save_is_atomic_and_keeps_the_last_k(tmp_path):
     assert [s for s, _ in mgr.checkpoints()] == [20, 30]
     assert mgr.latest() == tmp_path / "checkpoint-00000030"
     manifest = CheckpointManager.read_manifest(mgr.latest())
-    assert manifest["step"] == 30 and manifest["files"] == ["weights.bin"]
+    assert manifest["step"] == 30 and list(manifest["files"]) == ["weights.bin"]
+    assert manifest["files"]["weights.bin"] == {"size": 1, "sha256": hashlib.sha256(b"x").hexdigest()}
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,3 +224,88 @@ def test_sigkill_mid_save_and_mid_training_then_resume_matches(runs, tiny_data, 
     assert "checkpoint-00000004" in resumed.stdout + resumed.stderr
     assert _close(_losses(out), _losses(runs["single"][0]), rel=1e-6)
     assert (out / "stage.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Damaged checkpoints and non-finite steps (issue 13, points 2 and 7)
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_the_run_still_matches(runs, tiny_data, tmp_path):
+    out = tmp_path / "damaged"
+    _run(out, tiny_data, "single", 1, env=_env("single", ONEVISION_STOP_AFTER="5"))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-00000002", "checkpoint-00000004"]
+    weights = ckpts / "checkpoint-00000004" / "state" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x01  # one flipped bit in a weight: same size, still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    resumed = _run(out, tiny_data, "single", 1)
+    log = resumed.stdout + resumed.stderr
+    assert "checkpoint-00000004 is damaged (state/model.safetensors: checksum mismatch" in log
+    assert "resumed from" in log and "checkpoint-00000002 at step 2" in log
+    assert _losses(out) == _losses(runs["single"][0])
+    reference = _weights(runs["single"][0])
+    final = _weights(out)
+    assert final.keys() == reference.keys() and all(final[k].equal(reference[k]) for k in reference)
+
+
+def _data_with_a_truncated_image(tiny_data: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, root)
+    jpeg = root / "images" / "img0000.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])  # the header survives, the pixels do not
+    return root / tiny_data.name
+
+
+def test_a_non_finite_step_is_skipped_and_every_skip_is_totalled_in_stage_json(tiny_data, tmp_path):
+    out, mixture = tmp_path / "nan", _data_with_a_truncated_image(tiny_data, tmp_path)
+    proc = _run(
+        out,
+        mixture,
+        "single",
+        1,
+        "data.modalities=[image,multi_image,text]",
+        env=_env("single", ONEVISION_FAULT="nan_loss:3"),
+    )
+    log = proc.stdout + proc.stderr
+    assert "step 3 skipped: loss nan" in log
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_step"] for r in records] == [r["step"] == 3 for r in records]
+    assert records[2]["loss"] is None and all(r["loss"] is not None for r in records if r["step"] != 3)
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["skipped"] == {
+        "planning": {"modality video not in data.modalities": 4},
+        "load": {"media failed to load": 1},
+        "steps": {"non-finite loss or gradient norm": 1},
+    }
+    assert "skipped: planning modality video not in data.modalities: 4" in log
+    assert all(
+        bool(t.isfinite().all()) for t in _weights(out).values()
+    )  # the NaN step never reached the weights
+
+
+def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_last_good_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "diverged"
+    proc = _run(
+        out,
+        tiny_data,
+        "single",
+        1,
+        "train.max_bad_steps=2",
+        "checkpoint.keep_last=1",
+        env=_env("single", ONEVISION_FAULT="nan_loss:3,4"),
+        expect_ok=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "TrainingError" in log and "2 consecutive steps" in log and "the last at step 4" in log
+    assert "checkpoint-00000002" in log  # the error names the checkpoint to resume from
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-00000002"]
+    assert not (out / "stage.json").exists() and not (out / "model.safetensors").exists()
+    assert len(_losses(out)) == 4
