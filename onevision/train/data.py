@@ -429,15 +429,16 @@ def visual_token_counts(
 ) -> tuple[int, ...]:
     """Visual tokens of each media item of ``sample``, from headers only (raises :class:`MediaError`)."""
     import anyres
-    from anyres.images import peek_size
+    from anyres.images import check_regular_file, peek_size
 
     if sample.modality in ("image", "multi_image"):
         strategy = strategies[sample.modality]
         counts = []
         for path in sample.images:
-            if not os.path.isfile(path):
-                raise MediaError(f"{path}: file does not exist")
             try:
+                # one os.stat before anything opens the path: a FIFO, socket, device or directory is "not a
+                # regular file" (opening a FIFO would block), "does not exist" only when nothing is there
+                check_regular_file(path)
                 size = peek_size(path)
             except anyres.ImageError as exc:
                 raise MediaError(str(exc)) from None
