@@ -4,7 +4,9 @@ Pipeline:
 
 1. :func:`read_records` reads a ``.json`` list, a ``.jsonl`` file, the brace form ``dir/{a,b}.json`` or a mixture
    YAML (``datasets: [{json_path, sampling_strategy}]``); ``random:`` selection is seeded from the recipe seed, so
-   every rank selects the same records (the reference does not seed it).
+   every rank selects the same records (the reference does not seed it). A ``.jsonl`` line that is not valid JSON
+   is skipped like a bad record (a warning names ``file:line``; counted as ``invalid JSON line``), or fatal with
+   ``data.strict``.
 2. :func:`parse_record` turns one record into an immutable, typed :class:`Sample` (``image``, ``multi_image``,
    ``video`` or ``text``; ``{"from","value"}`` and ``{"role","content"}`` turns). Records are never mutated.
 3. :func:`plan_samples` measures the **exact** multimodal length of every sample before any pixel is decoded: visual
@@ -25,7 +27,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -155,38 +157,78 @@ class SampleEncoder(Protocol):
 # Reading records
 
 
-def read_records(path: str | os.PathLike, *, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML."""
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a ``.jsonl`` file that is not valid JSON (skipped and reported unless ``strict``)."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: invalid JSON line ({self.reason})"
+
+
+def read_records(
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    strict: bool = False,
+    on_bad_line: Callable[[BadLine], None] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML.
+
+    A ``.jsonl`` line that is not valid JSON is skipped with a warning naming ``file:line`` and passed to
+    ``on_bad_line`` (a :class:`BadLine`); with ``strict`` it raises :class:`DataError` instead. A ``.json`` file
+    that does not parse is one unusable file and always raises.
+    """
     text = str(path)
     brace = re.fullmatch(r"(.*)\{([^{}]+)\}(.*)", text)
     if brace and not Path(text).exists():
         out = []
         for part in brace.group(2).split(","):
-            out.extend(read_records(f"{brace.group(1)}{part.strip()}{brace.group(3)}", seed=seed))
+            out.extend(
+                read_records(
+                    f"{brace.group(1)}{part.strip()}{brace.group(3)}",
+                    seed=seed,
+                    strict=strict,
+                    on_bad_line=on_bad_line,
+                )
+            )
         return out
     p = Path(text)
     if p.suffix in (".yaml", ".yml"):
-        return _read_mixture(p, seed)
-    return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p))]
+        return _read_mixture(p, seed, strict, on_bad_line)
+    return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p, strict, on_bad_line))]
 
 
-def _read_json_file(p: Path) -> list[dict[str, Any]]:
+def _read_json_file(
+    p: Path, strict: bool = False, on_bad_line: Callable[[BadLine], None] | None = None
+) -> list[Any]:
     if not p.is_file():
         raise DataError(f"{p}: data file not found")
+    if p.suffix == ".jsonl":
+        records = []
+        with open(p, "rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not a failed file
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except UnicodeDecodeError:
+                    _bad_line(BadLine(str(p), lineno, "not UTF-8 text"), strict, on_bad_line)
+                except json.JSONDecodeError as exc:
+                    reason = f"{exc.msg} at column {exc.colno}"
+                    _bad_line(BadLine(str(p), lineno, reason), strict, on_bad_line)
+                except RecursionError:
+                    _bad_line(BadLine(str(p), lineno, "nested too deeply"), strict, on_bad_line)
+        return records
     try:
-        if p.suffix == ".jsonl":
-            records = []
-            with open(p) as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{p}:{lineno}: invalid JSON line ({exc})") from None
-        else:
-            records = json.loads(p.read_text())
+        records = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{p}: invalid JSON (nested too deeply)") from None
     if not isinstance(records, list):
         raise DataError(
             f"{p}: expected a JSON list of samples (or a .jsonl file), got {type(records).__name__}"
@@ -194,7 +236,17 @@ def _read_json_file(p: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _read_mixture(p: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def _bad_line(bad: BadLine, strict: bool, on_bad_line: Callable[[BadLine], None] | None) -> None:
+    if strict:
+        raise DataError(f"{bad}; fix or delete the line (data.strict is true, so it is not skipped)")
+    logger.warning("skipping %s", bad)
+    if on_bad_line is not None:
+        on_bad_line(bad)
+
+
+def _read_mixture(
+    p: Path, seed: int, strict: bool = False, on_bad_line: Callable[[BadLine], None] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     if not p.is_file():
         raise DataError(f"{p}: mixture file not found")
     try:
@@ -220,7 +272,7 @@ def _read_mixture(p: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
         json_path = Path(str(entry["json_path"])).expanduser()
         if not json_path.is_absolute():
             json_path = p.parent / json_path
-        records = read_records(json_path, seed=seed)
+        records = read_records(json_path, seed=seed, strict=strict, on_bad_line=on_bad_line)
         chosen = select(records, str(entry.get("sampling_strategy", "all")), seed=seed, stream=k, where=where)
         out.extend(chosen)
     return out
@@ -458,10 +510,18 @@ def visual_token_counts(
 
 
 def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
-    """Parse every record of ``recipe.data.path`` (bad records are skipped and counted unless ``data.strict``)."""
+    """Parse every record of ``recipe.data.path`` (invalid JSONL lines and bad records are skipped and counted in
+    the returned stats unless ``data.strict``)."""
     stats = DataStats()
     samples = []
-    for source, record in read_records(recipe.data.path, seed=recipe.seed):
+    bad_lines: list[BadLine] = []
+    records = read_records(
+        recipe.data.path, seed=recipe.seed, strict=recipe.data.strict, on_bad_line=bad_lines.append
+    )
+    if bad_lines:
+        stats.records += len(bad_lines)
+        stats.dropped["invalid JSON line"] += len(bad_lines)
+    for source, record in records:
         stats.records += 1
         try:
             samples.append(

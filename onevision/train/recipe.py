@@ -188,7 +188,7 @@ class DataConfig:
     modalities: list[Modality] = field(default_factory=lambda: list(ALL_MODALITIES))
     model_max_length: int = 32768
     over_length: Literal["drop", "cap", "error"] = "drop"  # cap = cut trailing text, never a visual span
-    strict: bool = False  # a bad or missing media file is fatal instead of a counted, logged skip
+    strict: bool = False  # a bad record, JSONL line or media file is fatal instead of a counted, logged skip
     label_mask: Literal["assistant_only", "llava_next"] = "assistant_only"
     group_by: Literal["modality_length", "length", "none"] = "modality_length"
     lookahead: int = 16  # length grouping sorts windows of lookahead global batches
