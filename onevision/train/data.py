@@ -9,6 +9,12 @@ Pipeline:
    ``data.strict``.
 2. :func:`parse_record` turns one record into an immutable, typed :class:`Sample` (``image``, ``multi_image``,
    ``video`` or ``text``; ``{"from","value"}`` and ``{"role","content"}`` turns). Records are never mutated.
+   Media paths are confined to their data roots. A relative path is joined with ``data.image_root`` /
+   ``data.video_root`` (or, with no root set, stays relative to the current directory, as in the reference); it
+   is refused if it is absolute, if it leaves its root through ``..``, or, when a root is set, if it resolves
+   (``os.path.realpath``, symbolic links followed) outside the resolved root. A refused record is skipped and
+   counted as ``media path outside data root`` (fatal with ``data.strict``); ``data.allow_outside_roots: true``
+   turns the check off.
 3. :func:`plan_samples` measures the **exact** multimodal length of every sample before any pixel is decoded: visual
    tokens from the ``anyres`` geometry of the image header size (EXIF orientation applied) and, for videos, from the
    frame-sampling rule and a container probe; text tokens from the encoder. Over-length samples are dropped, capped
@@ -62,6 +68,10 @@ class DataError(ValueError):
 
 class MediaError(DataError):
     """A media file of one sample cannot be read."""
+
+
+class MediaPathError(DataError):
+    """A record's media path is absolute or leaves its data root (refused unless ``data.allow_outside_roots``)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,9 +321,17 @@ def select(
 
 
 def parse_record(
-    record: Any, *, source: str, image_root: str | None = None, video_root: str | None = None
+    record: Any,
+    *,
+    source: str,
+    image_root: str | None = None,
+    video_root: str | None = None,
+    allow_outside_roots: bool = False,
 ) -> Sample:
-    """A typed :class:`Sample` from one LLaVA record (raises :class:`DataError` naming ``source``)."""
+    """A typed :class:`Sample` from one LLaVA record (raises :class:`DataError` naming ``source``).
+
+    Media paths are confined to their roots (module docstring; :class:`MediaPathError`) unless
+    ``allow_outside_roots``."""
     if not isinstance(record, dict):
         raise DataError(f"{source}: a sample must be a JSON object, got {type(record).__name__}")
     convs = record.get("conversations", record.get("messages"))
@@ -346,7 +364,7 @@ def parse_record(
         paths = [image] if isinstance(image, str) else image
         if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
             raise DataError(f"{source}: 'image' must be a path or a non-empty list of paths")
-        images = tuple(_join(image_root, x) for x in paths)
+        images = tuple(_media_path(image_root, x, "image", source, allow_outside_roots) for x in paths)
     modality = "text"
     n_placeholders = sum(t.text.count(IMAGE_PLACEHOLDER) + t.text.count(VIDEO_PLACEHOLDER) for t in turns)
     if images:
@@ -364,12 +382,50 @@ def parse_record(
         turns = _single_placeholder_first(turns, source)
     elif n_placeholders:
         raise DataError(f"{source}: text-only sample contains {n_placeholders} media placeholder(s)")
-    vid = _join(video_root, video) if isinstance(video, str) else None
+    vid = (
+        _media_path(video_root, video, "video", source, allow_outside_roots)
+        if isinstance(video, str)
+        else None
+    )
     return Sample(id=sid, modality=modality, turns=tuple(turns), images=images, video=vid, source=source)  # type: ignore[arg-type]
 
 
 def _join(root: str | None, path: str) -> str:
     return path if (root is None or os.path.isabs(path)) else os.path.join(root, path)
+
+
+def _media_path(root: str | None, path: str, kind: str, source: str, allow: bool) -> str:
+    """``path`` joined with its root as before, refused (:class:`MediaPathError`) if it is absolute or leaves the
+    root: lexically (``..``) and, when a root is set, after resolving symbolic links on both sides."""
+    joined = _join(root, path)
+    if allow:
+        return joined
+    key = f"data.{kind}_root"
+    fix = (
+        f"keep the media under {key} and use paths relative to it, or set data.allow_outside_roots: true "
+        "if the recipe's data is trusted"
+    )
+    if os.path.isabs(path):
+        raise MediaPathError(f"{source}: {kind} path {path!r} is absolute; {fix}")
+    base = os.path.curdir if root is None else root
+    where = "the current directory (no root is set)" if root is None else f"{key} ({root})"
+    if not _inside(os.path.normpath(os.path.join(base, path)), os.path.normpath(base)):
+        raise MediaPathError(f"{source}: {kind} path {path!r} leaves {where} through '..'; {fix}")
+    if root is not None:
+        real, real_root = os.path.realpath(joined), os.path.realpath(root)
+        if not _inside(real, real_root):
+            raise MediaPathError(
+                f"{source}: {kind} path {path!r} resolves to {real} through a symbolic link, outside {key} "
+                f"({real_root}); {fix}"
+            )
+    return joined
+
+
+def _inside(path: str, root: str) -> bool:
+    """``path`` is ``root`` or below it (both normalised, both absolute or both relative)."""
+    if root == os.path.curdir:
+        return path != os.pardir and not path.startswith(os.pardir + os.sep)
+    return os.path.commonpath([path, root]) == root
 
 
 def _single_placeholder_first(turns: list[Turn], source: str) -> list[Turn]:
@@ -530,8 +586,14 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
                     source=source,
                     image_root=recipe.data.image_root,
                     video_root=recipe.data.video_root,
+                    allow_outside_roots=recipe.data.allow_outside_roots,
                 )
             )
+        except MediaPathError as exc:
+            if recipe.data.strict:
+                raise MediaPathError(f"{exc} [data.strict is true]") from None
+            stats.dropped["media path outside data root"] += 1
+            logger.warning("skipping sample: %s", exc)
         except DataError as exc:
             if recipe.data.strict:
                 raise

@@ -195,6 +195,12 @@ class DataConfig:
     drop_last: bool = True
     num_workers: int = 2
     synthetic: SyntheticData | None = None
+    # Media paths in the records must stay inside their roots: a path that is absolute, or that leaves
+    # image_root/video_root through ".." or a symbolic link (both sides resolved, so a symlinked root itself is
+    # fine), or that leaves the current directory through ".." when no root is set, is a counted skip ("media path
+    # outside data root"; fatal with strict). true trusts the records' paths as they are (the reference's
+    # behaviour; needed when roots link out to other storage, e.g. a Hugging Face cache snapshot).
+    allow_outside_roots: bool = False
 
 
 @dataclass

@@ -15,9 +15,11 @@ from onevision.train.data import (
     BadLine,
     DataError,
     MediaError,
+    MediaPathError,
     Sample,
     Turn,
     load_samples,
+    parse_record,
     read_records,
     visual_token_counts,
 )
@@ -117,3 +119,84 @@ def test_a_deeply_nested_jsonl_line_is_one_bad_line(tmp_path):
     bad: list[BadLine] = []
     assert [r["id"] for _, r in read_records(data, on_bad_line=bad.append)] == ["ok"]
     assert [(b.line, b.reason) for b in bad] == [(2, "nested too deeply")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8b. media paths stay inside their data roots
+
+
+def _rec(image=None, video=None):
+    tags = "<image> " * len(image) if isinstance(image, list) else ""
+    out = {
+        "id": "r",
+        "conversations": [{"from": "human", "value": tags + "q"}, {"from": "gpt", "value": "a"}],
+    }
+    if image is not None:
+        out["image"] = image
+    if video is not None:
+        out["video"] = video
+    return out
+
+
+def _layout(tmp_path):
+    """``data/images`` (a real file, a symlink out of the root, a subdirectory), a secret next to it, and
+    ``linked`` (a symlink to the whole images directory, as users keep roots on other disks)."""
+    images = tmp_path / "data" / "images"
+    (images / "sub").mkdir(parents=True)
+    (images / "a.png").write_bytes(b"png")
+    (images / "sub" / "b.png").write_bytes(b"png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key")
+    (images / "escape.png").symlink_to(secret)
+    (tmp_path / "linked").symlink_to(images, target_is_directory=True)
+    return images, secret
+
+
+def test_media_paths_are_confined_to_their_roots(tmp_path, monkeypatch):
+    images, secret = _layout(tmp_path)
+    root = str(images)
+    ok = parse_record(_rec(["a.png", "sub/b.png", "sub/../a.png"]), source="d#0", image_root=root)
+    assert ok.images == (f"{root}/a.png", f"{root}/sub/b.png", f"{root}/sub/../a.png")  # joined as before
+    linked = parse_record(_rec("a.png"), source="d#1", image_root=str(tmp_path / "linked"))
+    assert linked.images == (f"{tmp_path}/linked/a.png",)  # a symlinked root is the root
+    refused = {
+        "../../secret.txt": "leaves data.image_root",
+        "sub/../../../secret.txt": "leaves data.image_root",
+        str(secret): "is absolute",
+        "escape.png": "through a symbolic link",
+    }
+    for path, why in refused.items():
+        with pytest.raises(MediaPathError, match=why) as err:
+            parse_record(_rec(["a.png", path]), source="d.json#4", image_root=root)
+        assert "d.json#4" in str(err.value) and repr(path) in str(err.value)
+        assert "data.allow_outside_roots" in str(err.value)
+        trusted = parse_record(_rec(["a.png", path]), source="d#5", image_root=root, allow_outside_roots=True)
+        assert trusted.images[1] == (path if os.path.isabs(path) else os.path.join(root, path))
+    with pytest.raises(MediaPathError, match=r"data\.video_root"):
+        parse_record(_rec(video="../v.mp4"), source="d#6", video_root=root)
+    with pytest.raises(MediaPathError, match="is absolute"):
+        parse_record(_rec(video=str(secret)), source="d#7")
+    # no root: relative to the current directory as before, but not out of it
+    monkeypatch.chdir(images)
+    assert parse_record(_rec("sub/b.png"), source="d#8").images == ("sub/b.png",)
+    with pytest.raises(MediaPathError, match="leaves the current directory"):
+        parse_record(_rec("../../secret.txt"), source="d#9")
+
+
+def test_load_samples_counts_media_outside_the_roots_unless_strict_or_allowed(tmp_path):
+    images, secret = _layout(tmp_path)
+    records = [
+        {**_rec("a.png"), "id": "in"},
+        {**_rec("../../secret.txt"), "id": "dots"},
+        {**_rec(str(secret)), "id": "absolute"},
+        {**_rec("escape.png"), "id": "link"},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    base = ["init_from=null", f"data.path={tmp_path / 'd.json'}", f"data.image_root={images}"]
+    samples, stats = load_samples(load_recipe("tiny/stage2_ov", base))
+    assert [s.id for s in samples] == ["in"]
+    assert stats.records == 4 and stats.dropped == {"media path outside data root": 3}
+    with pytest.raises(MediaPathError, match=r"d\.json#1: image path '\.\./\.\./secret\.txt'.*data\.strict"):
+        load_samples(load_recipe("tiny/stage2_ov", [*base, "data.strict=true"]))
+    allowed, stats = load_samples(load_recipe("tiny/stage2_ov", [*base, "data.allow_outside_roots=true"]))
+    assert [s.id for s in allowed] == ["in", "dots", "absolute", "link"] and not stats.dropped
