@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import yaml
 
-from onevision.train.recipe import Recipe, VideoPolicy
+from onevision.train.recipe import Recipe, RecipeError, VideoPolicy
 
 if TYPE_CHECKING:
     import anyres
@@ -60,6 +60,7 @@ ROLE_NAMES = {
 }
 MIXTURE_KEYS = ("json_path", "sampling_strategy")
 _SAMPLING = re.compile(r"(first|end|random):(\d+)(%?)")
+_BRACE = re.compile(r"(.*)\{([^{}]+)\}(.*)")  # dir/{a,b}.json
 
 
 class DataError(ValueError):
@@ -193,7 +194,7 @@ def read_records(
     that does not parse is one unusable file and always raises.
     """
     text = str(path)
-    brace = re.fullmatch(r"(.*)\{([^{}]+)\}(.*)", text)
+    brace = _BRACE.fullmatch(text)
     if brace and not Path(text).exists():
         out = []
         for part in brace.group(2).split(","):
@@ -568,6 +569,7 @@ def visual_token_counts(
 def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
     """Parse every record of ``recipe.data.path`` (invalid JSONL lines and bad records are skipped and counted in
     the returned stats unless ``data.strict``)."""
+    _check_data_path(recipe)
     stats = DataStats()
     samples = []
     bad_lines: list[BadLine] = []
@@ -600,6 +602,34 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
             stats.dropped["invalid record"] += 1
             logger.warning("skipping invalid sample: %s", exc)
     return samples, stats
+
+
+def _check_data_path(recipe: Recipe) -> None:
+    """``data.path`` (each file of a brace pattern) exists and is a file: a :class:`RecipeError` naming the key."""
+    path = recipe.data.path
+    if not path:
+        raise RecipeError(
+            recipe.source, "data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml"
+        )
+    brace = _BRACE.fullmatch(path)
+    parts = [path]
+    if brace and not os.path.exists(path):
+        parts = [f"{brace.group(1)}{p.strip()}{brace.group(3)}" for p in brace.group(2).split(",")]
+    for part in parts:
+        if os.path.isfile(part):
+            continue
+        what = "is not a file" if os.path.exists(part) else "does not exist"
+        where = "" if os.path.isabs(part) else f" (relative to the current directory {os.getcwd()})"
+        hint = (
+            ""
+            if recipe.data.synthetic is not None
+            else ", or set data.synthetic to generate a small demo set"
+        )
+        raise RecipeError(
+            recipe.source,
+            "data.path",
+            f"{part} {what}{where}; point data.path at a LLaVA .json/.jsonl file or a mixture .yaml{hint}",
+        )
 
 
 def plan_samples(

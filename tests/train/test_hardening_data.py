@@ -23,10 +23,12 @@ from onevision.train.data import (
     read_records,
     visual_token_counts,
 )
-from onevision.train.recipe import load_recipe
+from onevision.train.recipe import RecipeError, SyntheticData, load_recipe
+from onevision.train.synthetic import MARKER, SyntheticDataError, ensure_synthetic_dataset
 
 from .conftest import data_overrides
 
+SMALL = SyntheticData(num_samples=8, seed=3, video_frames=2)
 TURNS = (Turn("user", "<image>\nq"), Turn("assistant", "a"))
 CONV = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
 
@@ -200,3 +202,124 @@ def test_load_samples_counts_media_outside_the_roots_unless_strict_or_allowed(tm
         load_samples(load_recipe("tiny/stage2_ov", [*base, "data.strict=true"]))
     allowed, stats = load_samples(load_recipe("tiny/stage2_ov", [*base, "data.allow_outside_roots=true"]))
     assert [s.id for s in allowed] == ["in", "dots", "absolute", "link"] and not stats.dropped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. synthetic data never touches user files
+
+
+def _snapshot(root):
+    """Every path under ``root`` with its bytes (``None`` for a directory)."""
+    return {
+        p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _synthetic_recipe(mixture):
+    return load_recipe(
+        "tiny/stage2_ov",
+        [
+            "init_from=null",
+            f"data.path={mixture}",
+            "data.synthetic.num_samples=8",
+            "data.synthetic.video_frames=2",
+        ],
+    )
+
+
+@pytest.mark.parametrize("with_mixture", [False, True])
+def test_synthetic_refuses_a_directory_of_user_files_and_leaves_it_byte_identical(tmp_path, with_mixture):
+    user = tmp_path / "my-data"
+    (user / "images").mkdir(parents=True)
+    (user / "images" / "img0001.png").write_bytes(b"my holiday photo")  # a name the generator also writes
+    (user / "single.jsonl").write_text('{"id": "mine", "note": "hand-labelled"}\n')
+    (user / "notes.txt").write_text("do not lose")
+    if with_mixture:
+        (user / "mixture.yaml").write_text("datasets:\n  - json_path: single.jsonl\n")
+    before = _snapshot(user)
+    recipe = _synthetic_recipe(user / "mixture.yaml")  # a mistyped data.path with data.synthetic set
+    with pytest.raises(SyntheticDataError) as err:
+        ensure_synthetic_dataset(recipe.data.path, recipe.data.synthetic)  # what the engine runs
+    msg = str(err.value)
+    assert "data.path" in msg and str(user) in msg and "not a synthetic dataset directory" in msg
+    assert "new or empty directory" in msg and "remove data.synthetic" in msg
+    assert _snapshot(user) == before  # nothing replaced, removed or added
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-data"]  # no temporary sibling left either
+
+
+def test_synthetic_generates_into_a_new_or_empty_directory_with_a_marker_then_reuses_it(tmp_path):
+    for root in (tmp_path / "new" / "data", tmp_path / "empty"):
+        if root.name == "empty":
+            root.mkdir()
+        mixture = ensure_synthetic_dataset(root / "mixture.yaml", SMALL)
+        assert mixture == root / "mixture.yaml" and mixture.is_file()
+        marker = json.loads((root / MARKER).read_text())
+        assert marker["format"] == "onevision-synthetic-dataset" and marker["spec"]["num_samples"] == 8
+        written = {p.relative_to(root).as_posix() for p in root.rglob("*")} - {MARKER}
+        assert set(marker["files"]) == written and "images" in written and "single.jsonl" in written
+        assert len(read_records(mixture)) > 0
+        # reused as is: nothing rewritten, a file the user adds stays
+        (root / "notes.txt").write_text("mine")
+        before = _snapshot(root)
+        assert ensure_synthetic_dataset(root / "mixture.yaml", SMALL) == mixture
+        assert _snapshot(root) == before
+
+
+def test_synthetic_regenerates_only_its_own_files_in_a_marked_directory(tmp_path):
+    root = tmp_path / "data"
+    ensure_synthetic_dataset(root / "mixture.yaml", SMALL)
+    (root / "notes.txt").write_text("mine")
+    (root / "images" / "mine.png").write_bytes(b"user image")
+    (root / "single.jsonl").unlink()  # a generated file gone missing is regenerated
+    ensure_synthetic_dataset(root / "other.yaml", SMALL)  # a second mixture name: generate again
+    assert (root / "other.yaml").is_file() and (root / "single.jsonl").is_file()
+    assert (root / "notes.txt").read_text() == "mine" and (
+        root / "images" / "mine.png"
+    ).read_bytes() == b"user image"
+    assert json.loads((root / MARKER).read_text())["mixtures"] == ["mixture.yaml", "other.yaml"]
+    # something in the way that the marker does not list (here: a claimed directory, then a user file) is refused
+    claimed = tmp_path / "claimed"
+    claimed.mkdir()
+    (claimed / MARKER).write_text(json.dumps({"format": "onevision-synthetic-dataset", "files": []}))
+    (claimed / "single.jsonl").write_text("user data")
+    before = _snapshot(claimed)
+    with pytest.raises(SyntheticDataError, match=r"single\.jsonl is in the way"):
+        ensure_synthetic_dataset(claimed / "mixture.yaml", SMALL)
+    assert _snapshot(claimed) == before
+    # a file named like the marker that this library did not write does not make a directory ours
+    (claimed / MARKER).write_text("hello")
+    with pytest.raises(SyntheticDataError, match="not a marker written by onevision"):
+        ensure_synthetic_dataset(claimed / "mixture.yaml", SMALL)
+
+
+def test_synthetic_needs_a_yaml_data_path(tmp_path):
+    with pytest.raises(
+        SyntheticDataError, match=r"data\.path: .*generates a mixture \.yaml.*data\.synthetic=null"
+    ):
+        ensure_synthetic_dataset(tmp_path / "new" / "d.json", SMALL)
+    user = tmp_path / "d.json"
+    user.write_text("[]")
+    with pytest.raises(
+        SyntheticDataError, match=r"generates a mixture \.yaml"
+    ):  # not reused, not written over
+        ensure_synthetic_dataset(user, SMALL)
+    assert user.read_text() == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
+
+
+def test_a_missing_data_path_without_synthetic_names_the_key_and_the_path(tmp_path):
+    missing = tmp_path / "typo" / "mixture.yaml"
+    recipe = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={missing}", "data.synthetic=null"])
+    with pytest.raises(RecipeError) as err:
+        load_samples(recipe)
+    assert err.value.key == "data.path" and "data.path" in str(err.value) and str(missing) in str(err.value)
+    assert "does not exist" in str(err.value) and "data.synthetic" in str(err.value)
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "a", "conversations": CONV}]))
+    brace = load_recipe(
+        "tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path}/{{a.json,b.json}}", "data.synthetic=null"]
+    )
+    with pytest.raises(
+        RecipeError, match=rf"data\.path: {re.escape(str(tmp_path / 'b.json'))} does not exist"
+    ):
+        load_samples(brace)
+    assert not missing.parent.exists()  # nothing generated
