@@ -174,8 +174,9 @@ def _generate_into(root: Path, target: Path, spec: SyntheticData, owned: dict[st
             same_kind = (dest.is_dir() if made.is_dir() else dest.is_file()) and not dest.is_symlink()
             if rel not in mine or not same_kind:
                 raise SyntheticDataError(
-                    f"data.path: {target}: {dest} is in the way (the synthetic generator did not write it, or it was replaced since); "
-                    f"move it out of {root}, or point data.path at a .yaml file in a new or empty directory"
+                    f"data.path: {target}: {dest} is in the way (the synthetic generator did not write it, or "
+                    f"it was replaced since); move it out of {root}, or point data.path at a .yaml file in a new "
+                    "or empty directory"
                 )
         mixtures = set(owned.get("mixtures", [])) | {target.name}
         record = _marker(spec, files=sorted(mine | set(items)), mixtures=sorted(mixtures))
