@@ -4,9 +4,17 @@ Pipeline:
 
 1. :func:`read_records` reads a ``.json`` list, a ``.jsonl`` file, the brace form ``dir/{a,b}.json`` or a mixture
    YAML (``datasets: [{json_path, sampling_strategy}]``); ``random:`` selection is seeded from the recipe seed, so
-   every rank selects the same records (the reference does not seed it).
+   every rank selects the same records (the reference does not seed it). A ``.jsonl`` line that is not valid JSON
+   is skipped like a bad record (a warning names ``file:line``; counted as ``invalid JSON line``), or fatal with
+   ``data.strict``.
 2. :func:`parse_record` turns one record into an immutable, typed :class:`Sample` (``image``, ``multi_image``,
    ``video`` or ``text``; ``{"from","value"}`` and ``{"role","content"}`` turns). Records are never mutated.
+   Media paths are confined to their data roots. A relative path is joined with ``data.image_root`` /
+   ``data.video_root`` (or, with no root set, stays relative to the current directory, as in the reference); it
+   is refused if it is absolute, if it leaves its root through ``..``, or, when a root is set, if it resolves
+   (``os.path.realpath``, symbolic links followed) outside the resolved root. A refused record is skipped and
+   counted as ``media path outside data root`` (fatal with ``data.strict``); ``data.allow_outside_roots: true``
+   turns the check off.
 3. :func:`plan_samples` measures the **exact** multimodal length of every sample before any pixel is decoded: visual
    tokens from the ``anyres`` geometry of the image header size (EXIF orientation applied) and, for videos, from the
    frame-sampling rule and a container probe; text tokens from the encoder. Over-length samples are dropped, capped
@@ -25,7 +33,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -33,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import yaml
 
-from onevision.train.recipe import Recipe, VideoPolicy
+from onevision.train.recipe import Recipe, RecipeError, VideoPolicy
 
 if TYPE_CHECKING:
     import anyres
@@ -52,6 +60,7 @@ ROLE_NAMES = {
 }
 MIXTURE_KEYS = ("json_path", "sampling_strategy")
 _SAMPLING = re.compile(r"(first|end|random):(\d+)(%?)")
+_BRACE = re.compile(r"(.*)\{([^{}]+)\}(.*)")  # dir/{a,b}.json
 
 
 class DataError(ValueError):
@@ -60,6 +69,10 @@ class DataError(ValueError):
 
 class MediaError(DataError):
     """A media file of one sample cannot be read."""
+
+
+class MediaPathError(DataError):
+    """A record's media path is absolute or leaves its data root (refused unless ``data.allow_outside_roots``)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,38 +168,78 @@ class SampleEncoder(Protocol):
 # Reading records
 
 
-def read_records(path: str | os.PathLike, *, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML."""
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a ``.jsonl`` file that is not valid JSON (skipped and reported unless ``strict``)."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: invalid JSON line ({self.reason})"
+
+
+def read_records(
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    strict: bool = False,
+    on_bad_line: Callable[[BadLine], None] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML.
+
+    A ``.jsonl`` line that is not valid JSON is skipped with a warning naming ``file:line`` and passed to
+    ``on_bad_line`` (a :class:`BadLine`); with ``strict`` it raises :class:`DataError` instead. A ``.json`` file
+    that does not parse is one unusable file and always raises.
+    """
     text = str(path)
-    brace = re.fullmatch(r"(.*)\{([^{}]+)\}(.*)", text)
+    brace = _BRACE.fullmatch(text)
     if brace and not Path(text).exists():
         out = []
         for part in brace.group(2).split(","):
-            out.extend(read_records(f"{brace.group(1)}{part.strip()}{brace.group(3)}", seed=seed))
+            out.extend(
+                read_records(
+                    f"{brace.group(1)}{part.strip()}{brace.group(3)}",
+                    seed=seed,
+                    strict=strict,
+                    on_bad_line=on_bad_line,
+                )
+            )
         return out
     p = Path(text)
     if p.suffix in (".yaml", ".yml"):
-        return _read_mixture(p, seed)
-    return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p))]
+        return _read_mixture(p, seed, strict, on_bad_line)
+    return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p, strict, on_bad_line))]
 
 
-def _read_json_file(p: Path) -> list[dict[str, Any]]:
+def _read_json_file(
+    p: Path, strict: bool = False, on_bad_line: Callable[[BadLine], None] | None = None
+) -> list[Any]:
     if not p.is_file():
         raise DataError(f"{p}: data file not found")
+    if p.suffix == ".jsonl":
+        records = []
+        with open(p, "rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not a failed file
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except UnicodeDecodeError:
+                    _bad_line(BadLine(str(p), lineno, "not UTF-8 text"), strict, on_bad_line)
+                except json.JSONDecodeError as exc:
+                    reason = f"{exc.msg} at column {exc.colno}"
+                    _bad_line(BadLine(str(p), lineno, reason), strict, on_bad_line)
+                except RecursionError:
+                    _bad_line(BadLine(str(p), lineno, "nested too deeply"), strict, on_bad_line)
+        return records
     try:
-        if p.suffix == ".jsonl":
-            records = []
-            with open(p) as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise DataError(f"{p}:{lineno}: invalid JSON line ({exc})") from None
-        else:
-            records = json.loads(p.read_text())
+        records = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{p}: invalid JSON (nested too deeply)") from None
     if not isinstance(records, list):
         raise DataError(
             f"{p}: expected a JSON list of samples (or a .jsonl file), got {type(records).__name__}"
@@ -194,7 +247,17 @@ def _read_json_file(p: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _read_mixture(p: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def _bad_line(bad: BadLine, strict: bool, on_bad_line: Callable[[BadLine], None] | None) -> None:
+    if strict:
+        raise DataError(f"{bad}; fix or delete the line (data.strict is true, so it is not skipped)")
+    logger.warning("skipping %s", bad)
+    if on_bad_line is not None:
+        on_bad_line(bad)
+
+
+def _read_mixture(
+    p: Path, seed: int, strict: bool = False, on_bad_line: Callable[[BadLine], None] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     if not p.is_file():
         raise DataError(f"{p}: mixture file not found")
     try:
@@ -220,7 +283,7 @@ def _read_mixture(p: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
         json_path = Path(str(entry["json_path"])).expanduser()
         if not json_path.is_absolute():
             json_path = p.parent / json_path
-        records = read_records(json_path, seed=seed)
+        records = read_records(json_path, seed=seed, strict=strict, on_bad_line=on_bad_line)
         chosen = select(records, str(entry.get("sampling_strategy", "all")), seed=seed, stream=k, where=where)
         out.extend(chosen)
     return out
@@ -259,9 +322,17 @@ def select(
 
 
 def parse_record(
-    record: Any, *, source: str, image_root: str | None = None, video_root: str | None = None
+    record: Any,
+    *,
+    source: str,
+    image_root: str | None = None,
+    video_root: str | None = None,
+    allow_outside_roots: bool = False,
 ) -> Sample:
-    """A typed :class:`Sample` from one LLaVA record (raises :class:`DataError` naming ``source``)."""
+    """A typed :class:`Sample` from one LLaVA record (raises :class:`DataError` naming ``source``).
+
+    Media paths are confined to their roots (module docstring; :class:`MediaPathError`) unless
+    ``allow_outside_roots``."""
     if not isinstance(record, dict):
         raise DataError(f"{source}: a sample must be a JSON object, got {type(record).__name__}")
     convs = record.get("conversations", record.get("messages"))
@@ -294,7 +365,7 @@ def parse_record(
         paths = [image] if isinstance(image, str) else image
         if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
             raise DataError(f"{source}: 'image' must be a path or a non-empty list of paths")
-        images = tuple(_join(image_root, x) for x in paths)
+        images = tuple(_media_path(image_root, x, "image", source, allow_outside_roots) for x in paths)
     modality = "text"
     n_placeholders = sum(t.text.count(IMAGE_PLACEHOLDER) + t.text.count(VIDEO_PLACEHOLDER) for t in turns)
     if images:
@@ -312,12 +383,50 @@ def parse_record(
         turns = _single_placeholder_first(turns, source)
     elif n_placeholders:
         raise DataError(f"{source}: text-only sample contains {n_placeholders} media placeholder(s)")
-    vid = _join(video_root, video) if isinstance(video, str) else None
+    vid = (
+        _media_path(video_root, video, "video", source, allow_outside_roots)
+        if isinstance(video, str)
+        else None
+    )
     return Sample(id=sid, modality=modality, turns=tuple(turns), images=images, video=vid, source=source)  # type: ignore[arg-type]
 
 
 def _join(root: str | None, path: str) -> str:
     return path if (root is None or os.path.isabs(path)) else os.path.join(root, path)
+
+
+def _media_path(root: str | None, path: str, kind: str, source: str, allow: bool) -> str:
+    """``path`` joined with its root as before, refused (:class:`MediaPathError`) if it is absolute or leaves the
+    root: lexically (``..``) and, when a root is set, after resolving symbolic links on both sides."""
+    joined = _join(root, path)
+    if allow:
+        return joined
+    key = f"data.{kind}_root"
+    fix = (
+        f"keep the media under {key} and use paths relative to it, or set data.allow_outside_roots: true "
+        "if the recipe's data is trusted"
+    )
+    if os.path.isabs(path):
+        raise MediaPathError(f"{source}: {kind} path {path!r} is absolute; {fix}")
+    base = os.path.curdir if root is None else root
+    where = "the current directory (no root is set)" if root is None else f"{key} ({root})"
+    if not _inside(os.path.normpath(os.path.join(base, path)), os.path.normpath(base)):
+        raise MediaPathError(f"{source}: {kind} path {path!r} leaves {where} through '..'; {fix}")
+    if root is not None:
+        real, real_root = os.path.realpath(joined), os.path.realpath(root)
+        if not _inside(real, real_root):
+            raise MediaPathError(
+                f"{source}: {kind} path {path!r} resolves to {real} through a symbolic link, outside {key} "
+                f"({real_root}); {fix}"
+            )
+    return joined
+
+
+def _inside(path: str, root: str) -> bool:
+    """``path`` is ``root`` or below it (both normalised, both absolute or both relative)."""
+    if root == os.path.curdir:
+        return path != os.pardir and not path.startswith(os.pardir + os.sep)
+    return os.path.commonpath([path, root]) == root
 
 
 def _single_placeholder_first(turns: list[Turn], source: str) -> list[Turn]:
@@ -429,15 +538,16 @@ def visual_token_counts(
 ) -> tuple[int, ...]:
     """Visual tokens of each media item of ``sample``, from headers only (raises :class:`MediaError`)."""
     import anyres
-    from anyres.images import peek_size
+    from anyres.images import check_regular_file, peek_size
 
     if sample.modality in ("image", "multi_image"):
         strategy = strategies[sample.modality]
         counts = []
         for path in sample.images:
-            if not os.path.isfile(path):
-                raise MediaError(f"{path}: file does not exist")
             try:
+                # one os.stat before anything opens the path: a FIFO, socket, device or directory is "not a
+                # regular file" (opening a FIFO would block), "does not exist" only when nothing is there
+                check_regular_file(path)
                 size = peek_size(path)
             except anyres.ImageError as exc:
                 raise MediaError(str(exc)) from None
@@ -457,10 +567,19 @@ def visual_token_counts(
 
 
 def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
-    """Parse every record of ``recipe.data.path`` (bad records are skipped and counted unless ``data.strict``)."""
+    """Parse every record of ``recipe.data.path`` (invalid JSONL lines and bad records are skipped and counted in
+    the returned stats unless ``data.strict``)."""
+    _check_data_path(recipe)
     stats = DataStats()
     samples = []
-    for source, record in read_records(recipe.data.path, seed=recipe.seed):
+    bad_lines: list[BadLine] = []
+    records = read_records(
+        recipe.data.path, seed=recipe.seed, strict=recipe.data.strict, on_bad_line=bad_lines.append
+    )
+    if bad_lines:
+        stats.records += len(bad_lines)
+        stats.dropped["invalid JSON line"] += len(bad_lines)
+    for source, record in records:
         stats.records += 1
         try:
             samples.append(
@@ -469,14 +588,48 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
                     source=source,
                     image_root=recipe.data.image_root,
                     video_root=recipe.data.video_root,
+                    allow_outside_roots=recipe.data.allow_outside_roots,
                 )
             )
+        except MediaPathError as exc:
+            if recipe.data.strict:
+                raise MediaPathError(f"{exc} [data.strict is true]") from None
+            stats.dropped["media path outside data root"] += 1
+            logger.warning("skipping sample: %s", exc)
         except DataError as exc:
             if recipe.data.strict:
                 raise
             stats.dropped["invalid record"] += 1
             logger.warning("skipping invalid sample: %s", exc)
     return samples, stats
+
+
+def _check_data_path(recipe: Recipe) -> None:
+    """``data.path`` (each file of a brace pattern) exists and is a file: a :class:`RecipeError` naming the key."""
+    path = recipe.data.path
+    if not path:
+        raise RecipeError(
+            recipe.source, "data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml"
+        )
+    brace = _BRACE.fullmatch(path)
+    parts = [path]
+    if brace and not os.path.exists(path):
+        parts = [f"{brace.group(1)}{p.strip()}{brace.group(3)}" for p in brace.group(2).split(",")]
+    for part in parts:
+        if os.path.isfile(part):
+            continue
+        what = "is not a file" if os.path.exists(part) else "does not exist"
+        where = "" if os.path.isabs(part) else f" (relative to the current directory {os.getcwd()})"
+        hint = (
+            ""
+            if recipe.data.synthetic is not None
+            else ", or set data.synthetic to generate a small demo set"
+        )
+        raise RecipeError(
+            recipe.source,
+            "data.path",
+            f"{part} {what}{where}; point data.path at a LLaVA .json/.jsonl file or a mixture .yaml{hint}",
+        )
 
 
 def plan_samples(

@@ -189,13 +189,19 @@ class DataConfig:
     modalities: list[Modality] = field(default_factory=lambda: list(ALL_MODALITIES))
     model_max_length: int = 32768
     over_length: Literal["drop", "cap", "error"] = "drop"  # cap = cut trailing text, never a visual span
-    strict: bool = False  # a bad or missing media file is fatal instead of a counted, logged skip
+    strict: bool = False  # a bad record, JSONL line or media file is fatal instead of a counted, logged skip
     label_mask: Literal["assistant_only", "llava_next"] = "assistant_only"
     group_by: Literal["modality_length", "length", "none"] = "modality_length"
     lookahead: int = 16  # length grouping sorts windows of lookahead global batches
     drop_last: bool = True
     num_workers: int = 2
     synthetic: SyntheticData | None = None
+    # Media paths in the records must stay inside their roots: a path that is absolute, or that leaves
+    # image_root/video_root through ".." or a symbolic link (both sides resolved, so a symlinked root itself is
+    # fine), or that leaves the current directory through ".." when no root is set, is a counted skip ("media path
+    # outside data root"; fatal with strict). true trusts the records' paths as they are (the reference's
+    # behaviour; needed when roots link out to other storage, e.g. a Hugging Face cache snapshot).
+    allow_outside_roots: bool = False
 
 
 @dataclass

@@ -202,13 +202,14 @@ def test_bad_media_is_skipped_and_counted_unless_strict(ov_setup, tmp_path):
         {"id": "invalid"},
     ]
     (tmp_path / "d.json").write_text(json.dumps(records))
-    lenient = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}"])
+    outside = "data.allow_outside_roots=true"  # these records name their media by absolute path
+    lenient = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}", outside])
     samples, stats = load_samples(lenient)
     planned, stats = plan_samples(samples, lenient, encoder, stats, log=False)
     assert [p.sample.id for p in planned] == ["ok"]
     assert stats.dropped == {"bad or missing media": 2, "invalid record": 1}
     strict = load_recipe(
-        "tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}", "data.strict=true"]
+        "tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}", "data.strict=true", outside]
     )
     with pytest.raises(DataError, match=r"d\.json#3: needs a non-empty"):
         load_samples(strict)
@@ -218,7 +219,7 @@ def test_bad_media_is_skipped_and_counted_unless_strict(ov_setup, tmp_path):
     (tmp_path / "later.png").write_bytes(Path(good["image"]).read_bytes())
     item = {**good, "id": "later", "image": str(tmp_path / "later.png")}
     (tmp_path / "e.json").write_text(json.dumps([item]))
-    r2 = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'e.json'}"])
+    r2 = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'e.json'}", outside])
     planned2, _ = plan_samples(load_samples(r2)[0], r2, encoder, log=False)
     (tmp_path / "later.png").write_bytes(b"\x89PNG truncated")
     ds = TrainDataset(planned2, r2, encoder)
@@ -271,6 +272,7 @@ def test_dataset_and_inference_processor_pick_identical_frames(tiny_data, tmp_pa
                 "conversations": [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": "a"}],
             },
             source="t#0",
+            allow_outside_roots=True,  # absolute paths, no video_root
         )
         info = video.probe(path)
         want = spec.indices(info.num_frames, info.fps).tolist()
@@ -300,7 +302,8 @@ def test_video_errors_become_counted_media_errors(ov_setup, tmp_path, monkeypatc
         load_video(str(tmp_path / "nope.mp4"), recipe.visual.video)
     conv = [{"from": "human", "value": "<video>\nq"}, {"from": "gpt", "value": "a"}]
     (tmp_path / "d.json").write_text(json.dumps([{"id": "bad", "video": str(bad), "conversations": conv}]))
-    lenient = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}"])
+    outside = "data.allow_outside_roots=true"  # these records name their media by absolute path
+    lenient = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'd.json'}", outside])
     samples, stats = load_samples(lenient)
     planned, stats = plan_samples(samples, lenient, encoder, stats, log=False)
     assert planned == [] and stats.dropped == {"bad or missing media": 1}
@@ -311,7 +314,7 @@ def test_video_errors_become_counted_media_errors(ov_setup, tmp_path, monkeypatc
     (tmp_path / "e.json").write_text(
         json.dumps([{"id": "later", "video": str(later), "conversations": conv}])
     )
-    r2 = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'e.json'}"])
+    r2 = load_recipe("tiny/stage2_ov", ["init_from=null", f"data.path={tmp_path / 'e.json'}", outside])
     planned2, _ = plan_samples(load_samples(r2)[0], r2, encoder, log=False)
     assert len(planned2) == 1
     later.write_bytes(good.read_bytes()[:200])
