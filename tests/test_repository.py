@@ -45,3 +45,30 @@ def test_anyres_and_video_never_import_onevision():
     assert "onevision" not in _imports("anyres")
     assert "onevision" not in _imports("video")
     assert "video" not in _imports("anyres")
+
+
+def _test_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test")}
+
+
+def test_reliability_doc_names_only_tests_that_exist():
+    """Every ``tests/...py::test_name`` in docs/reliability.md exists (``::name`` alone refers to the test file
+    named last before it in the same section)."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    checked = 0
+    current: Path | None = None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            current = None
+        if not line.startswith("|"):
+            continue
+        for file, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", line):
+            if file:
+                current = ROOT / file
+                assert current.is_file(), file
+            if name:
+                assert current is not None, f"{name}: no test file named before it in {line!r}"
+                assert name in _test_names(current), f"{current.relative_to(ROOT)}::{name} does not exist"
+                checked += 1
+    assert checked >= 60
