@@ -4,8 +4,9 @@ Several obvious launch commands silently run without parallelism on CPU (see ``d
 owns the ones that work:
 
 * every backend is started with ``torchrun`` (``python -m torch.distributed.run``) and a free port; a single-node
-  run advertises its rendezvous on the loopback address (``MASTER_ADDR=127.0.0.1``, the port picked on
-  127.0.0.1, gloo's connections on the loopback interface), a multi-node run on the address the user gives;
+  run keeps its rendezvous on the loopback interface (``MASTER_ADDR=127.0.0.1``, the port picked on 127.0.0.1,
+  torchrun's store listening on 127.0.0.1 only through :mod:`onevision.train.rendezvous`, gloo's connections on
+  the loopback interface), a multi-node run uses the address the user gives;
 * ``ddp`` on CPU: ``Accelerator(cpu=True)`` (gloo DDP); ``ACCELERATE_USE_CPU`` is set too;
 * ``zero2``/``zero3``: a programmatic ``DeepSpeedPlugin`` with a fully resolved config and, without CUDA,
   ``InitProcessGroupKwargs(backend="gloo")``; ``ACCELERATE_USE_CPU`` must **not** be set (DeepSpeed would be
@@ -209,7 +210,8 @@ def torchrun_command(
     return [
         python or sys.executable,
         "-m",
-        "torch.distributed.run",
+        # one node: torchrun with its rendezvous store bound to 127.0.0.1 only (onevision.train.rendezvous)
+        "onevision.train.rendezvous" if nnodes == 1 else "torch.distributed.run",
         "--nproc_per_node",
         str(num_processes),
         "--nnodes",

@@ -63,21 +63,33 @@ import torch.distributed as dist
 dist.init_process_group("gloo")
 t = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(t)
-mine = set()
-for fd in os.listdir("/proc/self/fd"):
-    try:
-        link = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        continue
-    if link.startswith("socket:["):
-        mine.add(link[8:-1])
-listening = []
-for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-    for line in open(table).read().splitlines()[1:]:
-        f = line.split()
-        if f[3] == "0A" and f[9] in mine:
-            listening.append(f[1].split(":")[0])
-result = {"rank": dist.get_rank(), "sum": t.item(), "master": os.environ["MASTER_ADDR"], "listening": listening}
+
+
+def listening(pid):
+    mine = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            mine.add(link[8:-1])
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in mine:
+                out.append(f[1].rsplit(":", 1)[0])
+    return out
+
+
+result = {
+    "rank": dist.get_rank(),
+    "sum": t.item(),
+    "master": os.environ["MASTER_ADDR"],
+    "listening": listening(os.getpid()),
+    "agent": listening(os.getppid()),  # torchrun's agent, which hosts the rendezvous store
+}
 with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as out:  # one file each: no interleaving
     json.dump(result, out)
 dist.barrier()
@@ -108,3 +120,5 @@ def test_two_process_gloo_launch_talks_over_loopback_only(tmp_path):
     assert all(r["master"] == "127.0.0.1" for r in rows)
     # every socket a worker listens on (gloo's connection listener) is bound to 127.0.0.1 (hex 0100007F)
     assert all(r["listening"] for r in rows) and {a for r in rows for a in r["listening"]} == {"0100007F"}
+    # the agent's rendezvous store listens on 127.0.0.1 only (torch's TCPStore alone would listen on every interface)
+    assert all(r["agent"] for r in rows) and {a for r in rows for a in r["agent"]} == {"0100007F"}
