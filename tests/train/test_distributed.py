@@ -309,3 +309,16 @@ def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_last_good_checkp
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-00000002"]
     assert not (out / "stage.json").exists() and not (out / "model.safetensors").exists()
     assert len(_losses(out)) == 4
+
+
+def test_deepspeed_skips_a_non_finite_step_too(tiny_data, tmp_path):
+    """Under ZeRO the engine steps inside backward(); it must refuse the NaN gradients itself, and the run counts the
+    step as skipped like the other backends."""
+    out = tmp_path / "zero2-nan"
+    proc = _run(out, tiny_data, "zero2", 2, env=_env("zero2", ONEVISION_FAULT="nan_loss:3"))
+    assert "step 3 skipped" in proc.stdout + proc.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_step"] for r in records] == [r["step"] == 3 for r in records]
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["skipped"]["steps"] == {"non-finite loss or gradient norm": 1}
+    assert all(bool(t.isfinite().all()) for t in _weights(out).values())
