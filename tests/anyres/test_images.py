@@ -184,3 +184,45 @@ def test_fast_mode_decodes_large_jpegs_at_reduced_size(tmp_path):
     assert levels.mean().item() < 10.0
     corr = torch.corrcoef(torch.stack([fast.pixel_values.flatten(), exact.pixel_values.flatten()]))[0, 1]
     assert corr.item() > 0.95
+
+
+def _png_with_trailing_exif(path, size=(40, 24), orientation=6):
+    """A PNG whose eXIf chunk comes after the image data (allowed by the PNG spec; PIL only sees it on load)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    data = path.read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload) & 0xFFFFFFFF)
+    iend = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:iend] + chunk + data[iend:])
+
+
+def test_peek_size_sees_a_png_exif_chunk_after_the_image_data(tmp_path):
+    from anyres.images import open_image, peek_size
+
+    path = tmp_path / "late-exif.png"
+    _png_with_trailing_exif(path)
+    decoded = open_image(path).image.size
+    assert decoded == (24, 40)  # PIL applies the trailing orientation on decode
+    assert peek_size(path) == decoded
+
+
+def test_peek_size_never_decodes_a_png(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+
+    from anyres.images import peek_size
+
+    plain, late = tmp_path / "plain.png", tmp_path / "late.png"
+    Image.new("RGB", (30, 20)).save(plain)
+    _png_with_trailing_exif(late)
+
+    def no_decode(self):
+        raise AssertionError("peek_size decoded the image")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    assert peek_size(plain) == (30, 20) and peek_size(late) == (24, 40)
