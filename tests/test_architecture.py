@@ -195,7 +195,9 @@ def test_imports_point_down_the_layers():
 
 
 def test_no_module_is_over_the_line_limit():
-    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules("onevision").values()}
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules("onevision").values()
+    }
     too_long = {f: n for f, n in sizes.items() if n > MAX_LINES and f not in OVERSIZE_ALLOWED}
     assert not too_long, f"split these modules (> {MAX_LINES} lines): {too_long}"
     back_under = sorted(f for f in OVERSIZE_ALLOWED if sizes.get(f, 0) <= MAX_LINES)
@@ -230,7 +232,9 @@ def test_the_checker_sees_function_local_and_relative_imports(tmp_path, monkeypa
     (pkg / "sub" / "__init__.py").write_text('"""Sub."""\nfrom . import b\n')
     (pkg / "a.py").write_text('"""A."""\ndef f():\n    from onevision.sub.b import g\n')
     (pkg / "sub" / "b.py").write_text('"""B."""\nfrom ..a import f\n')
-    (pkg / "c.py").write_text('"""C."""\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import onevision.a\n')
+    (pkg / "c.py").write_text(
+        '"""C."""\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import onevision.a\n'
+    )
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     graph = _graph()
     assert graph["onevision.a"] == {"onevision.sub", "onevision.sub.b"}  # the package __init__ runs too
