@@ -42,12 +42,8 @@ from onevision.train.checkpoint import (
     save_rng,
 )
 from onevision.train.data import Collator, DataStats, TrainDataset, load_samples, plan_samples
-from onevision.train.launch import (
-    check_distributed,
-    disable_deepspeed_shm_op,
-    load_deepspeed_config,
-    resolve_deepspeed_config,
-)
+from onevision.train.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
+from onevision.train.launch import check_distributed, disable_deepspeed_shm_op
 from onevision.train.metrics import TENSORBOARD_MISSING, MetricsLog, Progress, tensorboard_available
 from onevision.train.optim import (
     apply_trainable,

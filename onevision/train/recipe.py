@@ -832,7 +832,7 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             "engine.num_processes", "backend 'single' runs one process; use ddp, zero2 or zero3 for more"
         )
     if e.backend in ("zero2", "zero3"):
-        from onevision.train.launch import load_deepspeed_config
+        from onevision.train.deepspeed_config import load_deepspeed_config
 
         path = recipe.deepspeed_config_path()
         load_deepspeed_config(path, stage=int(e.backend[-1]))
