@@ -8,6 +8,9 @@ the ``__init__`` of ``a.b`` unless the importer lives inside ``a.b`` (then it al
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +48,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.checkpoints.native",
             "onevision.checkpoints.hf",
             "onevision.checkpoints.original",
-            "onevision.checkpoints.convert",
+            "onevision.checkpoints.conversion",
+            "onevision.checkpoints.mapping",
         ),
     ),
     ("pipeline", ("onevision.pipeline", "onevision.testing")),
@@ -207,6 +211,21 @@ def test_no_module_is_over_the_line_limit():
 def test_every_module_has_a_docstring():
     bare = [m for m, p in _modules("onevision").items() if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not bare, f"modules without a docstring (say its one job in a sentence): {bare}"
+
+
+def test_importing_the_model_loads_no_checkpoint_format():
+    """The model uses ``checkpoints.io`` / ``checkpoints.detect``; the lazy ``checkpoints`` facade must not pull
+    in the formats (built on the model) when that happens."""
+    code = (
+        "import sys, onevision.model; "
+        "print(sorted(m for m in sys.modules if m.startswith('onevision.') and m.split('.')[1] in "
+        "('checkpoints', 'bundle', 'processor', 'pipeline', 'train')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(
+        ["onevision.checkpoints", "onevision.checkpoints.detect", "onevision.checkpoints.io"]
+    )
 
 
 @pytest.mark.parametrize("package", ["anyres", "video"])

@@ -56,6 +56,31 @@ def test_sharded_save_loads(pipe, tmp_path, image_a):
     assert torch.equal(_logits(onevision.load(str(tmp_path)), image_a), _logits(pipe, image_a))
 
 
+def test_a_folder_reads_the_files_its_index_lists_and_nothing_else(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.ones(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    save_file({"stray": torch.ones(1)}, str(tmp_path / "optimizer_backup.safetensors"))
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert sorted(read_state_dict(tmp_path)) == ["a", "b"]
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing: \['model-00002-of-00002.safetensors'\]"):
+        read_state_dict(tmp_path)
+
+
+def test_several_weight_files_without_an_index_are_refused(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model_old.safetensors"))
+    with pytest.raises(CheckpointError, match=r"2 \*\.safetensors files \(model\.safetensors, model_old"):
+        read_state_dict(tmp_path)
+    (tmp_path / "model_old.safetensors").unlink()
+    assert torch.equal(read_state_dict(tmp_path)["a"], torch.zeros(2))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no weights"):
+        read_state_dict(empty)
+
+
 def _rewrite_keys(src_dir, dst_dir, rule):
     import shutil
 
