@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 import onevision
 from onevision.checkpoints import read_state_dict, save_native
 from onevision.errors import CheckpointError, ConfigError, KeyMismatchError
+from onevision.testing import tiny_pipeline
 from tests.model.conftest import _hf_config, chatml
 
 
@@ -202,7 +203,7 @@ def test_unknown_formats_and_options_are_rejected(tmp_path, hf_dir):
 
 def test_original_tokenizer_gets_media_tokens_and_the_vocab_grows(hf_dir, hf_model, tmp_path):
     """An original checkpoint whose tokenizer has no <image>/<video> (the reference uses -200) and a full vocab."""
-    from onevision.tiny import tiny_tokenizer
+    from onevision.testing import tiny_tokenizer
     from tests.model.test_parity_hf import write_original_checkpoint
 
     plain = tiny_tokenizer(media_tokens=False)
@@ -246,7 +247,7 @@ def test_model_save_pretrained_from_pretrained_round_trip(tmp_path, image_a, fra
     """``OneVisionModel.save_pretrained`` / ``from_pretrained``: model only (config + safetensors), exact, offline."""
     from onevision.model import OneVisionModel
 
-    pipe = onevision.tiny_pipeline(seed=3)
+    pipe = tiny_pipeline(seed=3)
     model, proc = pipe.model, pipe.processor
     with torch.no_grad():
         model.image_newline.normal_()  # not the init value, so a missed tensor cannot hide
