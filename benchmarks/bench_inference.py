@@ -50,28 +50,22 @@ def paired(fns: list[Callable[[], object]], repeats: int) -> list[float]:
 def hf_packer():
     """A transformers ``LlavaOnevisionModel`` with the real vision geometry (384/14, 36 pinpoints) and tiny
     widths: ``pack_image_features`` only reads the geometry from the config."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionModel, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionModel
 
-    cfg = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(
-            image_size=384,
-            patch_size=14,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            vision_use_head=False,
-        ),
-        text_config=Qwen2Config(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            num_key_value_heads=1,
-            vocab_size=64,
-        ),
+    from onevision.testing import TinySpec
+
+    spec = TinySpec(
+        image_size=384,
+        patch_size=14,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=1,
+        llm_width=16,
+        llm_layers=1,
+        llm_heads=1,
+        llm_kv_heads=1,
     )
-    return LlavaOnevisionModel(cfg).eval()
+    return LlavaOnevisionModel(spec.hf_config(vocab_size=64, image_token_id=62, video_token_id=63)).eval()
 
 
 def bench_packing(repeats: int) -> list[tuple[str, float, float]]:
@@ -131,9 +125,10 @@ def bench_generation(repeats: int, new_tokens: int) -> list[tuple[str, float, fl
     )
 
     import onevision
+    from onevision.testing import tiny_hf_config, tiny_tokenizer
 
-    tok = onevision.tiny_tokenizer()
-    cfg = onevision.tiny_hf_config(tok)
+    tok = tiny_tokenizer()
+    cfg = tiny_hf_config(tok)
     pins = cfg.image_grid_pinpoints
     torch.manual_seed(0)
     hf = LlavaOnevisionForConditionalGeneration(cfg).eval()

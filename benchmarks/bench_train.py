@@ -98,8 +98,7 @@ def run_onevision(
 
 def prepare_hf(recipe, width: int, layers: int) -> dict:
     """The same encoded samples (ids, labels, tiles) as the onevision run, and an HF config of the same size."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
+    from onevision.testing import TINY
     from onevision.train.build import build_encoder, build_model
     from onevision.train.data import TrainDataset, load_samples, plan_samples
 
@@ -108,28 +107,16 @@ def prepare_hf(recipe, width: int, layers: int) -> dict:
     planned, _ = plan_samples(samples, recipe, encoder, log=False)
     items = [TrainDataset(planned, recipe, encoder)[i] for i in range(len(planned))]
     strategy = recipe.image_strategy()
-    cfg = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(
-            image_size=recipe.visual.tile_size,
-            patch_size=recipe.visual.patch_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vision_use_head=False,
-        ),
-        text_config=Qwen2Config(
-            vocab_size=len(encoder.processor.tokenizer),
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            tie_word_embeddings=False,
-        ),
-        image_token_index=encoder.processor.image_token_id,
-        video_token_index=encoder.processor.video_token_id,
+    spec = TINY.replace(
+        image_size=recipe.visual.tile_size,
+        patch_size=recipe.visual.patch_size,
+        llm_width=width,
+        llm_layers=layers,
+    )
+    cfg = spec.hf_config(
+        vocab_size=len(encoder.processor.tokenizer),
+        image_token_id=encoder.processor.image_token_id,
+        video_token_id=encoder.processor.video_token_id,
         image_grid_pinpoints=[[p.height, p.width] for p in strategy.pinpoints],
         vision_aspect_ratio=strategy.strategy_name,
         vision_feature_layer=-1,

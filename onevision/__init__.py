@@ -5,11 +5,12 @@ Entry points (imported lazily, so ``import onevision`` stays light; torch/transf
 * :func:`load` ``(path_or_hub_id) -> Pipeline``: any native, HF ``llava_onevision`` or original LLaVA-NeXT
   checkpoint, with ``pipe.model`` / ``pipe.processor`` and ``pipe.generate`` / ``pipe.chat`` / ``pipe.batch``.
 * :func:`from_config` ``(config, tokenizer) -> Pipeline``: build a model and its matching processor.
-* :func:`tiny_config`, :func:`tiny_tokenizer`, :func:`tiny_pipeline`: tiny offline models for tests and demos.
 * :class:`OneVisionConfig` (+ ``VisionConfig``, ``ProjectorConfig``, ``LLMConfig``, ``ProcessorConfig``).
 * :class:`OneVisionModel`, :class:`OneVisionProcessor`, :class:`Pipeline`.
 * :func:`convert`, :func:`export_hf`, :func:`save_native`: checkpoint conversion.
 * Registries: :func:`list_encoders`, :func:`list_projectors`, :func:`list_llms`, :func:`list_templates`.
+
+Tiny offline models for tests and demos live in :mod:`onevision.testing`.
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ _EXPORTS: dict[str, str] = {
     # templates (torch-free)
     "ChatTemplate": "onevision.templates",
     "get_template": "onevision.templates",
-    # tiny factory
-    "tiny_config": "onevision.tiny",
-    "tiny_tokenizer": "onevision.tiny",
-    "tiny_pipeline": "onevision.tiny",
-    "tiny_hf_config": "onevision.tiny",
-    "train_tokenizer": "onevision.tiny",
     # components
     "OneVisionModel": "onevision.model",
     "OneVisionProcessor": "onevision.processor",
@@ -111,11 +106,6 @@ __all__ = [
     "register_llm",
     "register_projector",
     "save_native",
-    "tiny_config",
-    "tiny_hf_config",
-    "tiny_pipeline",
-    "tiny_tokenizer",
-    "train_tokenizer",
 ]
 
 
@@ -159,4 +149,3 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from onevision.processor import BatchInputs, ModalityPolicy, OneVisionProcessor, TokenCount
     from onevision.projectors import build_projector, list_projectors, register_projector
     from onevision.templates import ChatTemplate, get_template
-    from onevision.tiny import tiny_config, tiny_hf_config, tiny_pipeline, tiny_tokenizer, train_tokenizer

@@ -4,8 +4,8 @@ Sub-commands register themselves through :data:`COMMANDS` (name -> "module:funct
 are imported lazily so ``onevision tokens`` never pays for importing transformers.
 
 Exit status: 0 success; 1 a command failed (an unexpected error, or some ``chat --batch`` requests failed);
-2 bad input (argparse errors and typed user errors: ``ValueError`` / ``FileNotFoundError`` subclasses); 130
-interrupted. Every error is one line on stderr; ``--debug`` (before or after the command) adds the traceback.
+2 bad input (argparse errors and :data:`onevision.errors.USER_ERRORS`: every :class:`~onevision.errors.OneVisionError`,
+``ValueError`` and ``FileNotFoundError``); 130 interrupted. Every error is one line on stderr; ``--debug`` (before or after the command) adds the traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import importlib
 import sys
 import traceback
 from collections.abc import Sequence
+
+from onevision.errors import USER_ERRORS
 
 #: sub-command name -> "module:register" where ``register(subparsers)`` adds the parser and sets ``func``.
 COMMANDS: dict[str, str] = {
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:  # typed user errors: one clear line, no traceback
+    except USER_ERRORS as exc:  # typed user errors: one clear line, no traceback
         _traceback(args)
         print(f"onevision {args.command}: error: {exc}", file=sys.stderr)
         return 2

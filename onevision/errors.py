@@ -1,15 +1,28 @@
-"""Typed errors. All are ``ValueError`` subclasses, so the CLI reports them as one clear line."""
+"""The one error hierarchy of onevision: every error the library raises on purpose derives from OneVisionError.
+
+Each class also keeps the builtin base callers already catch (``ValueError`` for bad configs, inputs, checkpoints,
+recipes and data; ``RuntimeError`` for a training run that cannot go on). The command line prints any
+:data:`USER_ERRORS` as one line and exits with status 2.
+
+    OneVisionError
+    ├── ConfigError (ValueError) ── UnknownComponentError
+    ├── InputError (ValueError) ── ContextOverflowError
+    ├── CheckpointError (ValueError) ── KeyMismatchError, ExportError
+    ├── RecipeError (ValueError) ── ComponentError
+    ├── DataError (ValueError) ── MediaError, MediaPathError, SyntheticDataError
+    └── TrainingError (RuntimeError)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 
-class OneVisionError(ValueError):
-    """Base class of every onevision error."""
+class OneVisionError(Exception):
+    """Base class of every onevision error; the message says what is wrong and what to do."""
 
 
-class ConfigError(OneVisionError):
+class ConfigError(OneVisionError, ValueError):
     """An invalid or inconsistent configuration; the message names the field."""
 
 
@@ -23,7 +36,7 @@ class UnknownComponentError(ConfigError):
         super().__init__(f"unknown {kind} {value!r}; supported: {', '.join(self.supported)}")
 
 
-class InputError(OneVisionError):
+class InputError(OneVisionError, ValueError):
     """Inputs that do not fit together (e.g. more ``<image>`` tags than images)."""
 
 
@@ -39,8 +52,9 @@ class ContextOverflowError(InputError):
         )
 
 
-class CheckpointError(OneVisionError):
-    """A checkpoint that cannot be loaded as asked (unknown layout, missing or unexpected weights)."""
+class CheckpointError(OneVisionError, ValueError):
+    """A model checkpoint or a training checkpoint that cannot be used as asked (unknown layout, missing or
+    unexpected weights, incomplete, damaged, or from another recipe)."""
 
 
 class KeyMismatchError(CheckpointError):
@@ -59,6 +73,46 @@ class KeyMismatchError(CheckpointError):
 
 class ExportError(CheckpointError):
     """A model that the requested format cannot represent; the message says which setting."""
+
+
+class RecipeError(OneVisionError, ValueError):
+    """A recipe is invalid. ``source`` is the file (or ``"command line"``) and ``key`` the dotted field."""
+
+    def __init__(self, source: str | None, key: str | None, message: str):
+        self.source = source
+        self.key = key
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ComponentError(RecipeError):
+    """The recipe's components do not fit the model (empty trainable group, overlapping or uncovered parameters)."""
+
+
+class DataError(OneVisionError, ValueError):
+    """Invalid training data: names the file (and record) and what is wrong."""
+
+
+class MediaError(DataError):
+    """A media file of one sample cannot be read."""
+
+
+class MediaPathError(DataError):
+    """A record's media path is absolute or leaves its data root (refused unless ``data.allow_outside_roots``)."""
+
+
+class SyntheticDataError(DataError):
+    """``data.path`` names a place the synthetic generator may not write to (the message says what to do)."""
+
+
+class TrainingError(OneVisionError, RuntimeError):
+    """Training cannot go on (e.g. ``train.max_bad_steps`` consecutive non-finite steps); the last good
+    checkpoint is kept and the stage is not marked finished."""
+
+
+#: What the command line reports as one line with exit status 2: our errors, and the builtin ones that mean bad
+#: input (a ``ValueError`` from a library, a missing file).
+USER_ERRORS: tuple[type[BaseException], ...] = (OneVisionError, ValueError, FileNotFoundError)
 
 
 def _preview(keys: list[str], limit: int = 12) -> str:

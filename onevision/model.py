@@ -3,13 +3,20 @@
 Visual features replace the placeholder tokens the processor inserted, using the exact counts of the ``anyres``
 (images) and ``video`` (frames) layouts that travel with the inputs. One batch may mix single-image, multi-image,
 video and text-only samples: every tile and frame of the batch goes through the vision tower in one call.
+
+The model owns its native directory (nanoVLM-style): :meth:`OneVisionModel.save_pretrained` writes
+``config.json`` + safetensors and :meth:`OneVisionModel.from_pretrained` rebuilds it offline, through the tensor IO
+of :mod:`onevision.checkpoints.io` (which sits below this module).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +24,31 @@ import torch
 from torch import nn
 
 import anyres
+from onevision.checkpoints.detect import detect_format
+from onevision.checkpoints.io import read_config, read_state_dict, write_state_dict
 from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
-from onevision.errors import ConfigError, InputError
-from onevision.llm import build_llm, set_activation_checkpointing
+from onevision.errors import CheckpointError, ConfigError, InputError, KeyMismatchError
+from onevision.llm import build_llm, export_llm_config, set_activation_checkpointing
 from onevision.projectors import build_projector
+
+#: Vision blocks in a state dict; those past the feature layer (cut when the tower is built) are dropped on load.
+_VISION_LAYER = re.compile(
+    r"vision_tower\.model\.encoder\.layers\.(\d+)\."
+)  # TODO(registry): encoder-declared
+_LM_HEAD = "language_model.lm_head.weight"
+
+
+@contextlib.contextmanager
+def fast_init() -> Iterator[None]:
+    """Skip random initialisation of weights that a checkpoint overwrites anyway."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        yield
+        return
+    with no_init_weights():
+        yield
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -56,27 +83,102 @@ class OneVisionModel(nn.Module):
         """Build the components the config names (pretrained component weights when ``pretrained`` is set)."""
         return cls(config)
 
+    def export_config(self) -> OneVisionConfig:
+        """The config a native directory stores: components rebuildable offline (the vision tower already cut to
+        its feature layer, ``pretrained=None``), the model's policy and placeholder ids."""
+        return dataclasses.replace(
+            self.config,
+            vision=self.vision_tower.export_config(),
+            llm=export_llm_config(self.language_model, self.config.llm),
+        )
+
+    def checkpoint_state_dict(
+        self, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores (the module's own, or ``state_dict``, e.g. gathered from ZeRO-3 shards),
+        without duplicates: a tied LM head is stored once, as the input embeddings."""
+        state = dict(self.state_dict() if state_dict is None else state_dict)
+        if getattr(self.language_model.config, "tie_word_embeddings", False):
+            state.pop(_LM_HEAD, None)
+        return state
+
+    def load_checkpoint_state(
+        self, state: dict[str, torch.Tensor], source: str, *, drop: Iterable[str] = ()
+    ) -> None:
+        """Load native-named ``state`` strictly: :class:`KeyMismatchError` names missing/unexpected weights,
+        :class:`CheckpointError` mismatched shapes. Vision blocks past the feature layer and the keys in ``drop``
+        are ignored; a tied LM head may be absent."""
+        expected = self.state_dict()
+        kept = self.vision_tower.info.num_layers
+        dropped = set(drop)
+        state = {
+            k: v
+            for k, v in state.items()
+            if k not in dropped and not ((m := _VISION_LAYER.match(k)) and int(m.group(1)) >= kept)
+        }
+        tied = bool(getattr(self.language_model.config, "tie_word_embeddings", False))
+        optional = {_LM_HEAD} if tied else set()
+        missing = [k for k in expected if k not in state and k not in optional]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise KeyMismatchError(source, missing, unexpected)
+        bad = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in state
+            if tuple(state[k].shape) != tuple(expected[k].shape)
+        ]
+        if bad:
+            raise CheckpointError(f"{source}: shape mismatch for {len(bad)} weight(s): " + "; ".join(bad[:8]))
+        self.load_state_dict(state, strict=False)
+        if tied:
+            self.language_model.tie_weights()
+
     def save_pretrained(
         self,
         directory: str | os.PathLike[str],
         *,
+        config: OneVisionConfig | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
         max_shard_bytes: int = 5 * 2**30,
     ) -> Path:
-        """Write the model alone as a native directory: ``config.json`` + ``model.safetensors`` (sharded when
-        large). The tokenizer/processor are not written; :meth:`onevision.pipeline.Pipeline.save` writes both.
+        """Write the model alone as a native directory: ``config.json`` (``config``, default
+        :meth:`export_config`) + ``model.safetensors`` (sharded when large); ``config.json`` is written last.
+        The tokenizer is not written; :meth:`onevision.pipeline.Pipeline.save` writes both.
         ``state_dict`` replaces the module's own tensors (e.g. a full state gathered from ZeRO-3 shards)."""
-        from onevision.checkpoints import save_native_model
-
-        return save_native_model(self, directory, state_dict=state_dict, max_shard_bytes=max_shard_bytes)
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        config = self.export_config() if config is None else config
+        write_state_dict(
+            self.checkpoint_state_dict(state_dict),
+            d,
+            max_shard_bytes=max_shard_bytes,
+            metadata={"onevision_format_version": "1"},
+        )
+        config.save(d / "config.json")
+        return d
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], *, dtype: Any = None) -> OneVisionModel:
         """Load a native directory written by :meth:`save_pretrained` (or a whole native checkpoint), offline, in
-        eval mode; ``dtype`` defaults to the stored one. Use :func:`onevision.load` for HF/original formats."""
-        from onevision.checkpoints import load_native_model
-
-        return load_native_model(directory, dtype=dtype, model_cls=cls)
+        eval mode; ``dtype`` defaults to the stored one. No tokenizer is read: the stored LLM config already has
+        the final vocabulary size. Use :func:`onevision.load` for HF/original formats."""
+        d = Path(directory)
+        fmt = detect_format(d)
+        if fmt != "onevision":
+            raise CheckpointError(
+                f"{d}: a {fmt} checkpoint; OneVisionModel.from_pretrained reads native onevision directories "
+                "(use onevision.load for the other formats)"
+            )
+        config = OneVisionConfig.from_dict(read_config(d))
+        state = read_state_dict(d)
+        if dtype is None:
+            dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+        with fast_init():
+            model = cls(config)
+        model.to(dtype=dtype)
+        model.load_checkpoint_state(state, str(d))
+        model.eval()
+        return model
 
     @property
     def image_token_id(self) -> int:

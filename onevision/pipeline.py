@@ -18,31 +18,23 @@ media parts (or ``images=`` / ``videos=``) add visual slots.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from onevision.bundle import Bundle, build_bundle
 from onevision.config import OneVisionConfig
 from onevision.errors import InputError
 from onevision.templates import normalize_messages
 
 
-class Pipeline:
-    """A model and the processor that matches it (same policy, tokenizer and template)."""
+class Pipeline(Bundle):
+    """A model and the processor that matches it (same policy, tokenizer and template), with generation."""
 
-    def __init__(self, model: Any, processor: Any):
-        self.model = model
-        self.processor = processor
-
-    # -- construction / persistence -------------------------------------------------------------------------
-    @property
-    def config(self) -> OneVisionConfig:
-        return self.model.config
-
+    # -- persistence ----------------------------------------------------------------------------------------
     def save(self, directory: str) -> None:
         """Write a native checkpoint (``config.json`` + ``model.safetensors`` + tokenizer)."""
-        from onevision.checkpoints import save_native
+        from onevision.checkpoints.native import save_native
 
         save_native(self, directory)
 
@@ -202,31 +194,8 @@ def from_config(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = 
 
     ``tokenizer`` defaults to ``config.llm.tokenizer`` or ``config.llm.pretrained`` (``from_pretrained``).
     """
-    from onevision.llm import fit_embeddings, load_tokenizer, max_positions
-    from onevision.model import OneVisionModel
-    from onevision.processor import OneVisionProcessor, resolve_processor_config
-
-    if tokenizer is None:
-        source = config.llm.tokenizer or config.llm.pretrained
-        if source is None:
-            raise InputError("no tokenizer: pass tokenizer=..., or set llm.tokenizer / llm.pretrained")
-        tokenizer = load_tokenizer(source)
-    model = OneVisionModel(config)
-    processor_config = resolve_processor_config(config.processor, model.vision_tower.info)
-    processor = OneVisionProcessor(
-        tokenizer, processor_config, max_length=max_positions(model.language_model)
-    )
-    fit_embeddings(model.language_model, tokenizer)
-    model.config = dataclasses.replace(
-        config,
-        processor=processor.config,
-        image_token_id=processor.image_token_id,
-        video_token_id=processor.video_token_id,
-    )
-    # one dtype for every component (a pretrained LLM may load in bf16 while the others are built in fp32)
-    model.to(dtype=dtype if dtype is not None else model.language_model.dtype)
-    model.eval()
-    return Pipeline(model, processor)
+    bundle = build_bundle(config, tokenizer, dtype=dtype)
+    return Pipeline(bundle.model, bundle.processor)
 
 
 def load(
@@ -234,9 +203,10 @@ def load(
 ) -> Pipeline:
     """Load any supported checkpoint (native onevision, HF ``llava_onevision``, original LLaVA-NeXT) as a
     ready :class:`Pipeline`. Hub ids are fetched with ``huggingface_hub``; local directories are read as is."""
-    from onevision.checkpoints import load_checkpoint
+    from onevision.checkpoints.conversion import load_checkpoint
 
-    pipe = load_checkpoint(path_or_hub_id, format=format, **kwargs)
+    bundle = load_checkpoint(path_or_hub_id, format=format, **kwargs)
+    pipe = Pipeline(bundle.model, bundle.processor)
     if device is not None or dtype is not None:
         pipe.to(device=device, dtype=dtype)
     pipe.model.eval()

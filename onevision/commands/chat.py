@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from onevision.errors import USER_ERRORS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -258,7 +260,7 @@ def _request(record: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _describe(exc: BaseException) -> str:
     """An ``error`` field: the message of a typed user error, ``Type: message`` for anything else."""
-    if isinstance(exc, (ValueError, FileNotFoundError)):
+    if isinstance(exc, USER_ERRORS):
         return str(exc)
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

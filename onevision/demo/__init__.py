@@ -1,0 +1,1 @@
+"""The ``onevision demo`` package: synthetic data, the two-variant curriculum run and its report."""

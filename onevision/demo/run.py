@@ -62,7 +62,7 @@ def init_model(directory: Path, data_root: Path, opts: DemoOptions) -> Path:
     import torch
 
     from onevision.pipeline import from_config
-    from onevision.tiny import tiny_config, train_tokenizer
+    from onevision.testing import tiny_config, train_tokenizer
     from onevision.train import load_recipe
 
     if (directory / "stage.json").is_file():

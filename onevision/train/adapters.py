@@ -57,7 +57,7 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
     elif recipe.model.preset == "tiny":
         import torch
 
-        from onevision.tiny import tiny_config, tiny_tokenizer
+        from onevision.testing import tiny_config, tiny_tokenizer
 
         torch.manual_seed(recipe.seed)
         pipe = from_config(

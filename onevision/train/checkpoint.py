@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from onevision.errors import CheckpointError
+
 MANIFEST = "manifest.json"
 FORMAT = "onevision-checkpoint/2"
 _LEGACY_FORMATS = ("onevision-checkpoint/1",)  # no sizes or checksums recorded: only file presence is checked
@@ -37,10 +39,6 @@ _NAME = re.compile(r"checkpoint-(\d+)")
 _CHUNK = 8 << 20
 
 logger = logging.getLogger("onevision.train")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used (incomplete, damaged, wrong format, or from another recipe)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

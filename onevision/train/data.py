@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import yaml
 
+from onevision.errors import DataError, MediaError, MediaPathError
 from onevision.train.recipe import Recipe, RecipeError, VideoPolicy
 
 if TYPE_CHECKING:
@@ -61,18 +62,6 @@ ROLE_NAMES = {
 MIXTURE_KEYS = ("json_path", "sampling_strategy")
 _SAMPLING = re.compile(r"(first|end|random):(\d+)(%?)")
 _BRACE = re.compile(r"(.*)\{([^{}]+)\}(.*)")  # dir/{a,b}.json
-
-
-class DataError(ValueError):
-    """Invalid training data: names the file (and record) and what is wrong."""
-
-
-class MediaError(DataError):
-    """A media file of one sample cannot be read."""
-
-
-class MediaPathError(DataError):
-    """A record's media path is absolute or leaves its data root (refused unless ``data.allow_outside_roots``)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from onevision.errors import CheckpointError, TrainingError
 from onevision.train.build import (
     STAGE_FILE,
     build_encoder,
@@ -33,7 +34,6 @@ from onevision.train.build import (
     save_model,
 )
 from onevision.train.checkpoint import (
-    CheckpointError,
     CheckpointManager,
     load_json,
     load_rng,
@@ -42,12 +42,8 @@ from onevision.train.checkpoint import (
     save_rng,
 )
 from onevision.train.data import Collator, DataStats, TrainDataset, load_samples, plan_samples
-from onevision.train.launch import (
-    check_distributed,
-    disable_deepspeed_shm_op,
-    load_deepspeed_config,
-    resolve_deepspeed_config,
-)
+from onevision.train.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
+from onevision.train.launch import check_distributed, disable_deepspeed_shm_op
 from onevision.train.metrics import TENSORBOARD_MISSING, MetricsLog, Progress, tensorboard_available
 from onevision.train.optim import (
     apply_trainable,
@@ -63,11 +59,6 @@ logger = logging.getLogger("onevision.train")
 SCHEDULER_FILE = "scheduler.json"
 LOAD_SKIP_REASON = "media failed to load"
 BAD_STEP_REASON = "non-finite loss or gradient norm"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. ``train.max_bad_steps`` consecutive non-finite steps); the last good
-    checkpoint is kept and the stage is not marked finished."""
 
 
 @dataclass

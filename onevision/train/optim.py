@@ -13,15 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from onevision.train.recipe import COMPONENTS, Recipe, RecipeError
+from onevision.errors import ComponentError
+from onevision.train.recipe import COMPONENTS, Recipe
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-class ComponentError(RecipeError):
-    """The recipe's components do not fit the model (empty trainable group, overlapping or uncovered parameters)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import yaml
 
+from onevision.errors import RecipeError
+
 Modality = Literal["image", "multi_image", "video", "text"]
 ALL_MODALITIES: tuple[str, ...] = ("image", "multi_image", "video", "text")
 COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "newline")
@@ -40,16 +42,6 @@ _REQUIRED = object()
 
 #: the most YAML nodes one recipe file or override value may expand to, every alias use counted in full
 MAX_YAML_NODES = 100_000
-
-
-class RecipeError(ValueError):
-    """A recipe is invalid. ``source`` is the file (or ``"command line"``) and ``key`` the dotted field."""
-
-    def __init__(self, source: str | None, key: str | None, message: str):
-        self.source = source
-        self.key = key
-        where = ": ".join(p for p in (source, key) if p)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -840,7 +832,7 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             "engine.num_processes", "backend 'single' runs one process; use ddp, zero2 or zero3 for more"
         )
     if e.backend in ("zero2", "zero3"):
-        from onevision.train.launch import load_deepspeed_config
+        from onevision.train.deepspeed_config import load_deepspeed_config
 
         path = recipe.deepspeed_config_path()
         load_deepspeed_config(path, stage=int(e.backend[-1]))

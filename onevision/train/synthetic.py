@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from onevision.train.data import DataError
+from onevision.errors import SyntheticDataError
 from onevision.train.recipe import SyntheticData
 
 logger = logging.getLogger("onevision.train")
@@ -70,10 +70,6 @@ WORDS = [
     "bright",
     "dark",
 ]
-
-
-class SyntheticDataError(DataError):
-    """``data.path`` names a place the synthetic generator may not write to (the message says what to do)."""
 
 
 def ensure_synthetic_dataset(path: str | os.PathLike, spec: SyntheticData) -> Path:

@@ -8,9 +8,23 @@ import torch
 
 import anyres
 from anyres import ImageSize
+from onevision.testing import TinySpec
 
 from .conftest import natural_image
 from .test_geometry import ONEVISION_TABLE
+
+#: the reference tower geometry (384 px tiles, patch 14) with tiny widths: ``pack_image_features`` reads the geometry
+REFERENCE_TOWER = TinySpec(
+    image_size=384,
+    patch_size=14,
+    vision_width=8,
+    vision_layers=1,
+    vision_heads=1,
+    llm_width=16,
+    llm_layers=1,
+    llm_heads=2,
+    llm_kv_heads=1,
+)
 
 
 def _sizes(count: int = 240, seed: int = 1234) -> list[ImageSize]:
@@ -173,26 +187,10 @@ def test_pad_pixels_match_nested_multi_image_mode(hf_onevision_processor):
 
 @pytest.fixture(scope="module")
 def hf_model():
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionModel, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionModel
 
     torch.manual_seed(0)
-    vision = SiglipVisionConfig(
-        image_size=384,
-        patch_size=14,
-        hidden_size=8,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-    )
-    text = Qwen2Config(
-        hidden_size=16,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=32,
-    )
-    config = LlavaOnevisionConfig(vision_config=vision, text_config=text)
+    config = REFERENCE_TOWER.hf_config(vocab_size=32, image_token_id=30, video_token_id=31)
     return LlavaOnevisionModel(config).eval()
 
 
@@ -241,18 +239,9 @@ def test_pad_pack_matches_hf_single_patch_path(hf_model):
 def test_next_pack_matches_llava_next_model():
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextModel
 
-    vision = CLIPVisionConfig(
-        image_size=336,
-        patch_size=14,
-        hidden_size=8,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        projection_dim=8,
-    )
-    text = LlamaConfig(
-        hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=32
-    )
+    spec = REFERENCE_TOWER.replace(image_size=336, llm_kv_heads=2)  # CLIP-L/336 geometry
+    vision = CLIPVisionConfig(**spec.vision_kwargs(), projection_dim=8)
+    text = LlamaConfig(**spec.llm_kwargs(vocab_size=32))
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,

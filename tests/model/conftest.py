@@ -42,13 +42,13 @@ def random_frames(num: int, height: int, width: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from onevision.tiny import tiny_tokenizer
+    from onevision.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 def _hf_config(tokenizer, *, vision_layers: int = 2, tie: bool = False):
-    from onevision.tiny import tiny_hf_config
+    from onevision.testing import tiny_hf_config
 
     return tiny_hf_config(tokenizer, vision_layers=vision_layers, tie_word_embeddings=tie)
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 import onevision
 from onevision.checkpoints import read_state_dict, save_native
 from onevision.errors import CheckpointError, ConfigError, KeyMismatchError
+from onevision.testing import tiny_pipeline
 from tests.model.conftest import _hf_config, chatml
 
 
@@ -54,6 +55,31 @@ def test_sharded_save_loads(pipe, tmp_path, image_a):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert torch.equal(_logits(onevision.load(str(tmp_path)), image_a), _logits(pipe, image_a))
+
+
+def test_a_folder_reads_the_files_its_index_lists_and_nothing_else(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.ones(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    save_file({"stray": torch.ones(1)}, str(tmp_path / "optimizer_backup.safetensors"))
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert sorted(read_state_dict(tmp_path)) == ["a", "b"]
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing: \['model-00002-of-00002.safetensors'\]"):
+        read_state_dict(tmp_path)
+
+
+def test_several_weight_files_without_an_index_are_refused(tmp_path):
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model_old.safetensors"))
+    with pytest.raises(CheckpointError, match=r"2 \*\.safetensors files \(model\.safetensors, model_old"):
+        read_state_dict(tmp_path)
+    (tmp_path / "model_old.safetensors").unlink()
+    assert torch.equal(read_state_dict(tmp_path)["a"], torch.zeros(2))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no weights"):
+        read_state_dict(empty)
 
 
 def _rewrite_keys(src_dir, dst_dir, rule):
@@ -177,7 +203,7 @@ def test_unknown_formats_and_options_are_rejected(tmp_path, hf_dir):
 
 def test_original_tokenizer_gets_media_tokens_and_the_vocab_grows(hf_dir, hf_model, tmp_path):
     """An original checkpoint whose tokenizer has no <image>/<video> (the reference uses -200) and a full vocab."""
-    from onevision.tiny import tiny_tokenizer
+    from onevision.testing import tiny_tokenizer
     from tests.model.test_parity_hf import write_original_checkpoint
 
     plain = tiny_tokenizer(media_tokens=False)
@@ -221,7 +247,7 @@ def test_model_save_pretrained_from_pretrained_round_trip(tmp_path, image_a, fra
     """``OneVisionModel.save_pretrained`` / ``from_pretrained``: model only (config + safetensors), exact, offline."""
     from onevision.model import OneVisionModel
 
-    pipe = onevision.tiny_pipeline(seed=3)
+    pipe = tiny_pipeline(seed=3)
     model, proc = pipe.model, pipe.processor
     with torch.no_grad():
         model.image_newline.normal_()  # not the init value, so a missed tensor cannot hide

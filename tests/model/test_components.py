@@ -10,25 +10,12 @@ import torch
 from onevision.config import LLMConfig, ProjectorConfig, VisionConfig
 from onevision.encoders import build_encoder, list_encoders
 from onevision.errors import UnknownComponentError
+from onevision.testing import TINY
 
-TINY_HF_VISION = {
-    "image_size": 64,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-}
-TIMM_KW = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "mlp_ratio": 2.0}
-OPEN_CLIP_CFG = {
-    "image_size": 64,
-    "patch_size": 8,
-    "width": 32,
-    "layers": 3,
-    "heads": 2,
-    "mlp_ratio": 2.0,
-    "output_dim": 16,
-}
+TOWER = TINY.replace(vision_layers=3)  # feature layer -2 keeps 2 blocks
+TINY_HF_VISION = TOWER.vision_kwargs()
+TIMM_KW = TOWER.timm_kwargs()
+OPEN_CLIP_CFG = TOWER.open_clip_kwargs(output_dim=16)
 
 ENCODER_CONFIGS = {
     "transformers/siglip": VisionConfig("transformers", "siglip", config=TINY_HF_VISION, feature_layer=-2),

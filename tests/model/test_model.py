@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import onevision
 from onevision.errors import InputError
+from onevision.testing import tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return onevision.tiny_pipeline(seed=0)
+    return tiny_pipeline(seed=0)
 
 
 def test_tiny_factory_has_the_reference_geometry(tiny):
@@ -30,6 +30,23 @@ def test_tiny_factory_has_the_reference_geometry(tiny):
     total = sum(p.numel() for p in model.parameters())
     assert 100_000 < total < 200_000  # about 0.16 M parameters
     assert len(tiny.processor.policy.single_image.pinpoints) == 36
+
+
+def test_one_tiny_spec_gives_both_the_onevision_and_the_hf_config(tiny):
+    from onevision.testing import TINY, tiny_config, tiny_hf_config
+
+    tok = tiny.processor.tokenizer
+    ours, hf = TINY.onevision_config(vocab_size=len(tok)), tiny_hf_config(tok)
+    assert ours == tiny_config()
+    hf_vision, hf_text = hf.vision_config.to_dict(), hf.text_config.to_dict()
+    assert {k: hf_vision[k] for k in ours.vision.config} == ours.vision.config
+    assert {k: hf_text[k] for k in ours.llm.config} == ours.llm.config
+    pinpoints = [[p.height, p.width] for p in tiny.processor.policy.single_image.pinpoints]
+    assert hf.image_grid_pinpoints == pinpoints == TINY.pinpoints
+    assert (hf.image_token_index, hf.video_token_index) == (
+        tiny.model.image_token_id,
+        tiny.model.video_token_id,
+    )
 
 
 def test_component_parameters_partition_the_model(tiny):
@@ -88,7 +105,7 @@ def test_text_only_training_step_still_runs_the_vision_tower(tiny):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(image_a):
-    pipe = onevision.tiny_pipeline(seed=1)
+    pipe = tiny_pipeline(seed=1)
     model = pipe.model
     batch = _training_batch(pipe.processor, image_a)
 
@@ -156,7 +173,7 @@ def test_stage1_frozen_llm_with_gradient_checkpointing_trains_the_projector(imag
     """Stage 1: LLM + vision frozen, projector trainable, checkpointing on. transformers' input-require-grads hook
     (installed by checkpointing) makes the token embeddings a leaf that requires grad; the visual splice must
     still work, and only the projector gets gradients."""
-    pipe = onevision.tiny_pipeline(seed=2)
+    pipe = tiny_pipeline(seed=2)
     model, p = pipe.model, pipe.processor
     for q in model.parameters():
         q.requires_grad_(False)

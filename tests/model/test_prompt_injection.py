@@ -8,7 +8,7 @@ import collections
 import pytest
 import torch
 
-from onevision.tiny import TINY_SPECIAL_TOKENS, tiny_pipeline
+from onevision.testing import TINY_SPECIAL_TOKENS, tiny_pipeline
 
 from .conftest import random_image
 

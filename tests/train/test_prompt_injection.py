@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from onevision.tiny import TINY_SPECIAL_TOKENS
+from onevision.testing import TINY_SPECIAL_TOKENS
 from onevision.train.build import build_encoder, build_model
 from onevision.train.data import TrainDataset, parse_record, plan_samples
 from onevision.train.recipe import load_recipe

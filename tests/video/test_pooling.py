@@ -44,33 +44,17 @@ def test_layout_fields() -> None:
 
 
 def _tiny_hf_model(image_size: int, patch_size: int):
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionModel, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionModel
 
-    vision = SiglipVisionConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    from onevision.testing import TINY
+
+    spec = TINY.replace(image_size=image_size, patch_size=patch_size, llm_layers=1, max_positions=512)
+    config = spec.hf_config(
         vocab_size=128,
-        max_position_embeddings=512,
-    )
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
+        image_token_id=1,
+        video_token_id=2,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
-        image_token_index=1,
-        video_token_index=2,
     )
     torch.manual_seed(0)
     return LlavaOnevisionModel(config).eval()

@@ -1,0 +1,117 @@
+"""A model and its matching processor built from one config: what ``from_config`` and every checkpoint loader make.
+
+:class:`Bundle` holds the pair; :class:`onevision.pipeline.Pipeline` is a bundle with the generation API on top.
+Loaders return bundles, so the checkpoint formats never depend on the inference API above them.
+Importing this module stays light: torch and transformers load when a bundle is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from onevision.config import OneVisionConfig
+from onevision.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onevision.model import OneVisionModel
+    from onevision.processor import OneVisionProcessor
+
+_EMBEDDINGS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
+
+
+class Bundle:
+    """A model and the processor that matches it (same policy, tokenizer and template)."""
+
+    def __init__(self, model: OneVisionModel, processor: OneVisionProcessor):
+        self.model = model
+        self.processor = processor
+
+    @property
+    def config(self) -> OneVisionConfig:
+        return self.model.config
+
+
+def build_bundle(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = None) -> Bundle:
+    """Build a model (random or pretrained component weights, as the config says) and its processor.
+
+    ``tokenizer`` defaults to ``config.llm.tokenizer`` or ``config.llm.pretrained`` (``from_pretrained``). The
+    processor's tile size and normalisation come from the encoder; the model's config records the resolved
+    policy and the placeholder ids.
+    """
+    from onevision.llm import fit_embeddings, load_tokenizer, max_positions
+    from onevision.model import OneVisionModel
+    from onevision.processor import OneVisionProcessor, resolve_processor_config
+
+    if tokenizer is None:
+        source = config.llm.tokenizer or config.llm.pretrained
+        if source is None:
+            raise InputError("no tokenizer: pass tokenizer=..., or set llm.tokenizer / llm.pretrained")
+        tokenizer = load_tokenizer(source)
+    model = OneVisionModel(config)
+    processor_config = resolve_processor_config(config.processor, model.vision_tower.info)
+    processor = OneVisionProcessor(
+        tokenizer, processor_config, max_length=max_positions(model.language_model)
+    )
+    fit_embeddings(model.language_model, tokenizer)
+    model.config = dataclasses.replace(
+        config,
+        processor=processor.config,
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+    )
+    # one dtype for every component (a pretrained LLM may load in bf16 while the others are built in fp32)
+    model.to(dtype=dtype if dtype is not None else model.language_model.dtype)
+    model.eval()
+    return Bundle(model, processor)
+
+
+def restore_bundle(
+    config: OneVisionConfig,
+    tokenizer: Any,
+    state: dict[str, Any],
+    source: str,
+    *,
+    drop: Iterable[str] = (),
+    dtype: Any = None,
+) -> Bundle:
+    """Build a bundle from ``config`` offline, then load native-named ``state`` into it strictly (eval mode).
+
+    ``dtype`` defaults to the state's. When the tokenizer has more tokens than the state's embeddings (e.g.
+    ``<image>`` added to an original checkpoint's tokenizer), the new rows take the mean of the old ones; they are
+    never read, because placeholder positions are replaced by visual features.
+    """
+    import torch
+
+    from onevision.model import fast_init
+
+    if dtype is None:
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    with fast_init():
+        bundle = build_bundle(config, tokenizer=tokenizer)
+    bundle.model.to(dtype=dtype)
+    bundle.model.load_checkpoint_state(_grow_vocab(state, bundle.model.state_dict()), source, drop=drop)
+    bundle.model.eval()
+    return bundle
+
+
+def _grow_vocab(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    for key in _EMBEDDINGS:
+        if (
+            key in state
+            and key in expected
+            and state[key].shape[0] < expected[key].shape[0]
+            and state[key].shape[1:] == expected[key].shape[1:]
+        ):
+            old = state[key]
+            extra = (
+                old.float()
+                .mean(0, keepdim=True)
+                .to(old.dtype)
+                .expand(expected[key].shape[0] - old.shape[0], -1)
+            )
+            state = {**state, key: torch.cat([old, extra])}
+    return state
