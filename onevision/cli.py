@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "tokens": "onevision.commands.tokens:register",
     "train": "onevision.commands.train:register",
     "recipes": "onevision.commands.recipes:register",
+    "web": "onevision.commands.web:register",
     "chat": "onevision.commands.chat:register",
     "convert": "onevision.commands.convert:register",
     "demo": "onevision.commands.demo:register",
