@@ -41,6 +41,7 @@ from onevision.errors import (
     KeyMismatchError,
     UnknownComponentError,
 )
+from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
 
 log = logging.getLogger(__name__)
 
@@ -575,10 +576,11 @@ def hf_to_config(
         log.warning("no image processor config found; using the %s encoder's default normalisation", arch)
     proc = ip.get("_processor", {})
     processor = ProcessorConfig(
-        single_image=single,
-        multi_image=multi,
-        video={"mode": "bilinear", "stride": 2, "newline": "one_token"},
-        sampling={"num_frames": num_frames},
+        visual=VisualPolicy(
+            image=ImagePolicy(single.pop("name"), single),
+            multi_image=ImagePolicy(multi.pop("name"), multi),
+            video=VideoPolicy(num_frames=num_frames, newline_position="one_token"),
+        ),
         template=template or _DEFAULT_TEMPLATE.get(tc.model_type, "qwen_1_5"),
         image_token=proc.get("image_token", "<image>"),
         video_token=proc.get("video_token", "<video>"),
@@ -664,7 +666,7 @@ def hf_config_dict(pipe: Any, *, force: bool = False) -> dict[str, Any]:
             )
     if multi.name != "pad" or not getattr(multi, "newline", False):
         problems.append(f"multi-image strategy {multi.strategy_name!r} (HF: pad + one newline)")
-    if (vid.get("mode", "bilinear"), vid.get("stride", 2), vid.get("newline", "one_token")) != (
+    if (vid.pool_mode, vid.pool_stride, vid.newline_position) != (
         "bilinear",
         2,
         "one_token",
@@ -876,14 +878,15 @@ def original_to_config(
     projector = cfg.get("mm_projector_type", "linear")
     llm_dict = {k: v for k, v in cfg.items() if k not in _ORIGINAL_MM_FIELDS and not k.startswith("mm_")}
     llm_dict.pop("rope_scaling", None)  # LlavaQwenForCausalLM forces rope_scaling=None
-    sampling: dict[str, Any] = {"num_frames": num_frames}
-    if cfg.get("add_time_instruction"):
-        sampling["time_instruction"] = True
+    video_policy = VideoPolicy(
+        num_frames=num_frames,
+        pool_mode=pooling.mode,
+        pool_stride=pooling.stride,
+        newline_position=pooling.newline,
+        time_instruction=bool(cfg.get("add_time_instruction")),
+    )
     processor = ProcessorConfig(
-        single_image=single,
-        multi_image={"name": "pad"},
-        video={"mode": pooling.mode, "stride": pooling.stride, "newline": pooling.newline},
-        sampling=sampling,
+        visual=VisualPolicy(image=ImagePolicy(single.pop("name"), single), video=video_policy),
         template=template or _DEFAULT_TEMPLATE.get(llm_type, "qwen_1_5"),
         max_length=cfg.get("tokenizer_model_max_length"),
     )

@@ -1,8 +1,10 @@
 """``OneVisionModel``: vision tower -> projector -> exact token packing -> causal LM.
 
 Visual features replace the placeholder tokens the processor inserted, using the exact counts of the ``anyres``
-(images) and ``video`` (frames) layouts that travel with the inputs. One batch may mix single-image, multi-image,
-video and text-only samples: every tile and frame of the batch goes through the vision tower in one call.
+(images) and ``video`` (frames) layouts that travel with the inputs. Each image is packed by the ``pack`` of the
+policy strategy that made its layout and each video by the policy's ``video.FramePooling``, so a new token
+structure needs no change here. One batch may mix single-image, multi-image, video and text-only samples: every
+tile and frame of the batch goes through the vision tower in one call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
 from onevision.errors import ConfigError, InputError
 from onevision.llm import build_llm, set_activation_checkpointing
+from onevision.policy import ModalityPolicy
 from onevision.projectors import build_projector
 
 
@@ -48,7 +51,7 @@ class OneVisionModel(nn.Module):
         self.projector = build_projector(config.projector, self.vision_tower.info.width, hidden)
         self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.config = config
-        self._pooling = None
+        self._policy: tuple[Any, ModalityPolicy] | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -130,19 +133,16 @@ class OneVisionModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
-    def frame_pooling(self):
-        """The ``video.FramePooling`` used to pack video features (built lazily from the config policy)."""
-        if self._pooling is None:
-            import video
+    def policy(self) -> ModalityPolicy:
+        """The visual policy of ``config.processor``, on this encoder's tiles (rebuilt when the config changes)."""
+        processor = self.config.processor
+        if self._policy is None or self._policy[0] is not processor:
+            self._policy = (processor, processor.visual.resolved(self.vision_tower.info).build())
+        return self._policy[1]
 
-            info = self.vision_tower.info
-            params = {
-                "tile_size": info.tile_size,
-                "patch_size": info.patch_size,
-                **self.config.processor.video,
-            }
-            self._pooling = video.FramePooling(**params)
-        return self._pooling
+    def frame_pooling(self):
+        """The ``video.FramePooling`` used to pack video features (from the config policy)."""
+        return self.policy().frame_pooling()
 
     # -- visual features ------------------------------------------------------------------------------------
     def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -221,9 +221,8 @@ class OneVisionModel(nn.Module):
                 start += n
         return embeds
 
-    @staticmethod
-    def _pack_image(feats, layout, newline, out):
-        return anyres.pack(feats, layout, newline, out=out)
+    def _pack_image(self, feats, layout, newline, out):
+        return self.policy().strategy_for(layout).pack(feats, layout, newline, out=out)
 
     def _pack_video(self, feats, layout, newline, out):
         packed = self.frame_pooling().pack(feats, layout, newline)

@@ -204,7 +204,8 @@ def from_config(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = 
     """
     from onevision.llm import fit_embeddings, load_tokenizer, max_positions
     from onevision.model import OneVisionModel
-    from onevision.processor import OneVisionProcessor, resolve_processor_config
+    from onevision.policy import resolve_processor_config
+    from onevision.processor import OneVisionProcessor
 
     if tokenizer is None:
         source = config.llm.tokenizer or config.llm.pretrained

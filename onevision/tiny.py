@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
+from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
 
 #: Special tokens of the tiny tokenizer (ChatML first, so ids 0..2 are <|endoftext|>, <|im_start|>, <|im_end|>).
 TINY_SPECIAL_TOKENS = (
@@ -283,12 +284,11 @@ def tiny_config(
             "tie_word_embeddings": False,
         },
     )
-    processor = ProcessorConfig(
-        single_image={"name": "anyres_max_9", "grid_pinpoints": "(1x1),...,(6x6)"},
-        multi_image={"name": "pad"},
-        sampling={"num_frames": num_frames},
-        template=template,
+    visual = VisualPolicy(
+        image=ImagePolicy("anyres_max_9", {"grid_pinpoints": "(1x1),...,(6x6)"}),
+        video=VideoPolicy(num_frames=num_frames, newline_position="one_token"),
     )
+    processor = ProcessorConfig(visual=visual, template=template)
     return OneVisionConfig(
         vision=vision, projector=ProjectorConfig("mlp2x_gelu"), llm=llm, processor=processor
     )
