@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from onevision.archs import hf_vision_arches
 from onevision.config import (
     FORMAT_NAME,
     LLMConfig,
@@ -50,15 +51,6 @@ INDEX_NAME = "model.safetensors.index.json"
 FORMATS = ("onevision", "hf", "original")
 
 _ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
-_VISION_LAYER = re.compile(r"vision_tower\.model\.encoder\.layers\.(\d+)\.")
-
-#: HF vision ``model_type`` <-> our arch.
-_HF_VISION_ARCH = {
-    "siglip_vision_model": "siglip",
-    "siglip": "siglip",
-    "clip_vision_model": "clip",
-    "clip": "clip",
-}
 #: Original LLaVA-NeXT ``architectures`` -> LLM model_type.
 _ORIGINAL_ARCHITECTURES = {
     "LlavaQwenForCausalLM": "qwen2",
@@ -309,8 +301,9 @@ def load_weights(model: Any, state: dict[str, Any], source: str, *, drop: Iterab
     expected = model.state_dict()
     kept = model.vision_tower.info.num_layers
     state = dict(state)
+    block = re.compile(r"vision_tower\." + model.vision_tower.block_pattern)  # the encoder's declared layout
     for key in list(state):
-        m = _VISION_LAYER.match(key)
+        m = block.match(key)
         if (m and int(m.group(1)) >= kept) or key in set(drop):
             del state[key]
     tied = bool(getattr(model.language_model.config, "tie_word_embeddings", False))
@@ -527,9 +520,9 @@ def hf_to_config(
 
     hf = LlavaOnevisionConfig.from_dict(cfg)
     vc, tc = hf.vision_config, hf.text_config
-    arch = _HF_VISION_ARCH.get(vc.model_type)
+    arch = hf_vision_arches().get(vc.model_type)
     if arch is None:
-        raise UnknownComponentError("HF vision model_type", vc.model_type, _HF_VISION_ARCH)
+        raise UnknownComponentError("HF vision model_type", vc.model_type, hf_vision_arches())
     strategy = hf.vision_feature_select_strategy
     if (arch, strategy) not in (("siglip", "full"), ("clip", "default")):
         raise ConfigError(
@@ -824,9 +817,9 @@ def original_to_config(
     vision_config = {
         k: v for k, v in vision_config.items() if k not in ("transformers_version", "architectures")
     }
-    arch = _HF_VISION_ARCH.get(vision_config.get("model_type", ""))
+    arch = hf_vision_arches().get(vision_config.get("model_type", ""))
     if arch is None:
-        raise UnknownComponentError("vision model_type", vision_config.get("model_type"), _HF_VISION_ARCH)
+        raise UnknownComponentError("vision model_type", vision_config.get("model_type"), hf_vision_arches())
     keys = list(state_keys)
     layers = {
         int(m.group(1))
