@@ -21,7 +21,8 @@ _PROCESSORS: dict[int, Any] = {}
 
 
 def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
-    """``OneVisionModel`` from ``init_from`` (a native checkpoint), ``model.preset: tiny``, or component ids."""
+    """``OneVisionModel`` from ``init_from`` (a native checkpoint), else the model config the recipe describes
+    (:func:`onevision.train.model_config.recipe_model_config`: a named preset or component ids)."""
     try:
         from onevision.pipeline import from_config, load
         from onevision.policy import resolve_processor_config
@@ -32,38 +33,19 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
         ) from None
     if init_from is not None:
         pipe = load(str(init_from))
-    elif recipe.model.preset == "tiny":
+    else:
         import torch
 
-        from onevision.tiny import tiny_config, tiny_tokenizer
+        from onevision.train.model_config import recipe_model_config
 
+        config = recipe_model_config(recipe)
+        tokenizer = None
+        if not (config.llm.tokenizer or config.llm.pretrained):
+            from onevision.tiny import tiny_tokenizer  # the offline tokenizer of configs without one
+
+            tokenizer = tiny_tokenizer()
         torch.manual_seed(recipe.seed)
-        pipe = from_config(
-            tiny_config(template=recipe.model.template, **recipe.model.options), tokenizer=tiny_tokenizer()
-        )
-    elif recipe.model.preset is not None:
-        raise RecipeError(
-            recipe.source, "model.preset", f"unknown preset {recipe.model.preset!r}; known: tiny"
-        )
-    else:
-        from onevision.config import LLMConfig, OneVisionConfig, ProjectorConfig, VisionConfig
-
-        opts = dict(recipe.model.options)
-        vision = VisionConfig.from_dict(
-            {
-                "pretrained": recipe.model.vision_tower,
-                "feature_layer": recipe.model.vision_select_layer,
-                **opts.pop("vision", {}),
-            }
-        )
-        llm = LLMConfig.from_dict({"pretrained": recipe.model.language_model, **opts.pop("llm", {})})
-        if opts:
-            raise RecipeError(
-                recipe.source, "model.options", f"unknown option(s) {sorted(opts)}; use vision, llm"
-            )
-        pipe = from_config(
-            OneVisionConfig(vision=vision, projector=ProjectorConfig(recipe.model.projector), llm=llm)
-        )
+        pipe = from_config(config, tokenizer=tokenizer)
     model = pipe.model
     info = model.vision_tower.info
     if (info.tile_size, info.patch_size) != (recipe.visual.tile_size, recipe.visual.patch_size):

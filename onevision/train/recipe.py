@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from onevision import schema
+from onevision.config import AttnImplementation
 from onevision.errors import ConfigError
 from onevision.policy import ImagePolicy as ImagePolicy  # re-exported: the recipe's visual schema
 from onevision.policy import VideoPolicy as VideoPolicy
@@ -63,17 +64,27 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Which model to build and from what. ``builder`` is a registry key (see :mod:`onevision.train.build`)."""
+    """Which model to build and from what. ``builder`` is a registry key (see :mod:`onevision.train.build`).
+
+    The architecture is typed: ``vision_arch`` is an encoder family (``onevision.list_archs()``: ``siglip``,
+    ``clip``), ``llm_type`` a transformers causal-LM family (``onevision.list_llms()``), ``projector`` a projector
+    type (``onevision.list_projectors()``). The weights come from ``preset`` (a named model config,
+    ``onevision.list_models()``, whose architecture must agree with those fields) or from ``vision_tower`` and
+    ``language_model`` (hub ids or local directories). ``attn_implementation`` reaches both transformers models.
+    ``options`` is a partial model config (``vision`` / ``projector`` / ``llm`` mappings) merged last.
+    """
 
     builder: Literal["onevision"] = "onevision"
-    preset: str | None = None  # a named factory configuration, e.g. "tiny" (random weights, no download)
+    preset: str | None = None  # a named model config, e.g. "tiny" (random weights, no download)
     vision_tower: str | None = None  # hub id or local directory of the vision encoder
+    vision_arch: Literal["siglip", "clip"] | str = field(default="siglip", metadata=schema.OMIT_AT_DEFAULT)
     language_model: str | None = None  # hub id or local directory of the LLM
+    llm_type: Literal["qwen2", "llama"] | str = field(default="qwen2", metadata=schema.OMIT_AT_DEFAULT)
     projector: str = "mlp2x_gelu"
     vision_select_layer: int = -2
     template: Literal["plain", "qwen_1_5", "vicuna_v1", "llama_3"] = "qwen_1_5"
-    attn_implementation: str = "sdpa"
-    options: dict[str, Any] = field(default_factory=dict)  # forwarded verbatim to the model builder
+    attn_implementation: AttnImplementation | None = "sdpa"
+    options: dict[str, Any] = field(default_factory=dict)  # a partial model config: vision / projector / llm
 
 
 @dataclass
@@ -724,6 +735,7 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
         load_deepspeed_config(path, stage=int(e.backend[-1]))
     elif e.deepspeed_config is not None:
         raise err("engine.deepspeed_config", f"only used with backend zero2/zero3 (backend is {e.backend!r})")
+    _validate_model(recipe.model, err)
     if recipe.model.builder == "onevision" and not (
         recipe.model.preset or recipe.init_from or (recipe.model.vision_tower and recipe.model.language_model)
     ):
@@ -731,4 +743,23 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             "model",
             "say where the model comes from: model.preset, init_from, or both model.vision_tower "
             "and model.language_model",
+        )
+
+
+def _validate_model(model: ModelConfig, err: Any) -> None:
+    """The model section's registry keys exist and its options are a partial model config."""
+    from onevision.archs import list_archs
+    from onevision.llm import list_llms
+
+    if model.vision_arch not in list_archs():
+        raise err(
+            "model.vision_arch", f"unknown encoder family {model.vision_arch!r}; registered: {list_archs()}"
+        )
+    if model.llm_type not in list_llms():
+        raise err("model.llm_type", f"unknown LLM family {model.llm_type!r}; registered: {list_llms()}")
+    unknown = sorted(set(model.options) - {"vision", "projector", "llm"})
+    if unknown:
+        raise err(
+            "model.options",
+            f"unknown key(s) {unknown}; options is a partial model config (vision, projector, llm)",
         )
