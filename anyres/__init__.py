@@ -7,7 +7,13 @@ Strategies (``get_strategy(name, **params)``):
 * ``anyres`` - LLaVA-NeXT ``spatial_unpad``: base tile first, unpadded grid, a newline per row.
 * ``anyres_max_<N>`` - LLaVA-OneVision: ``anyres`` plus the τ bilinear cap at N tiles.
 
+Add a strategy with one class and one registration: a frozen dataclass subclass of :class:`Strategy` that
+declares ``name`` and ``token_rule`` and implements ``layout`` plus ``render`` (or ``tile_pixels``), optionally
+``pack``; then ``@register_strategy`` (see :class:`Strategy` for the contract, which is checked at class creation).
+
 The geometry (:mod:`anyres.geometry`) needs no torch; pixel preprocessing and packing import torch lazily.
+``SIGLIP_MEAN`` / ``SIGLIP_STD`` and ``CLIP_MEAN`` / ``CLIP_STD`` are the one definition of the encoders'
+normalisation constants.
 """
 
 from anyres.geometry import (
@@ -25,6 +31,10 @@ from anyres.geometry import (
 )
 from anyres.images import ImageError, open_image
 from anyres.strategies import (
+    CLIP_MEAN,
+    CLIP_STD,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
     AnyResMaxStrategy,
     AnyResStrategy,
     HDStrategy,
@@ -54,6 +64,10 @@ def draw_layout(image, strategy, **kwargs):
 
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "SIGLIP_MEAN",
+    "SIGLIP_STD",
     "AnyResMaxStrategy",
     "AnyResStrategy",
     "GeometryError",

@@ -27,9 +27,12 @@ def draw_layout(image: Any, strategy: Strategy | str, *, max_side: int = 768) ->
     loaded = open_image(image, max_pixels=strat.max_pixels)
 
     layout = strat.layout(ImageSize.from_pil(loaded.image.size))
-    base, canvas = strat._render(loaded.image, layout)
-    base_img = Image.fromarray(base.contiguous().numpy())
+    base, canvas = strat.render(loaded.image, layout)
+    bases = [] if base is None else list(base) if isinstance(base, (list, tuple)) else [base]
+    base_img = Image.fromarray(bases[0].contiguous().numpy()) if bases else None
     if canvas is None:
+        if base_img is None:
+            raise ValueError(f"{type(strat).__name__}.render returned neither base tiles nor a canvas")
         main = base_img
         scale = max_side / max(main.size)
         main = main.resize((round(main.width * scale), round(main.height * scale)))
@@ -61,6 +64,8 @@ def draw_layout(image: Any, strategy: Strategy | str, *, max_side: int = 768) ->
     panel = _with_newline_column(
         main, rows=layout.capped.rows, cell=max(4, main.width // 40), count=layout.newlines
     )
+    if base_img is None:  # a grid-only layout
+        return _caption(panel, layout)
     thumb = base_img.resize((max(64, main.height // 3),) * 2)
     out = Image.new("RGB", (thumb.width + 16 + panel.width, max(thumb.height, panel.height)), (255, 255, 255))
     out.paste(thumb, (0, 0))

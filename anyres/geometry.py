@@ -349,9 +349,10 @@ def capped_shape(
 class Layout:
     """The complete token layout of one image under one strategy.
 
-    Token order is ``[base tile tokens] + for each row of the (capped) grid: [row tokens, newline?]`` (for
-    ``base_position="last"`` the base tokens come after the grid). For single-tile layouts (``pad``) the base is
-    the only tile and ``newlines`` is 0 or 1.
+    Encoder inputs are ``base_tiles`` whole-image (global) tiles followed by the grid tiles, row-major. Token order
+    is ``[base tokens] + for each row of the (capped) grid: [row tokens, newline?]`` (for ``base_position="last"``
+    the base tokens come after the grid). ``base_tiles`` is 1 for every built-in strategy; a strategy may declare
+    0 (grid only) or several. For single-tile layouts (``pad``) the base is the only tile and ``newlines`` is 0 or 1.
     """
 
     strategy: str
@@ -370,11 +371,18 @@ class Layout:
     newlines: int
     base_position: Literal["first", "last"] = "first"
     breakdown: dict[str, int] = field(default_factory=dict, compare=False)
+    base_tiles: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base_tiles, bool) or not isinstance(self.base_tiles, int) or self.base_tiles < 0:
+            raise GeometryError(f"Layout.base_tiles must be a non-negative int, got {self.base_tiles!r}")
+        if self.base_tiles + self.grid.count == 0:
+            raise GeometryError("a layout needs at least one tile (base_tiles + grid tiles is 0)")
 
     @property
     def num_tiles(self) -> int:
-        """Encoder inputs for this image: the base tile plus the grid tiles (grid is 0x0 for single-tile layouts)."""
-        return 1 + self.grid.count
+        """Encoder inputs for this image: the base tiles plus the grid tiles (grid is 0x0 for single-tile layouts)."""
+        return self.base_tiles + self.grid.count
 
     @property
     def tokens_per_tile(self) -> int:
@@ -402,6 +410,7 @@ class Layout:
             "canvas": [self.canvas.height, self.canvas.width],
             "grid": [self.grid.rows, self.grid.cols],
             "tiles": self.num_tiles,
+            "base_tiles": self.base_tiles,
             "base_tokens": self.base_tokens,
             "unpadded": [self.unpadded.rows, self.unpadded.cols],
             "capped": [self.capped.rows, self.capped.cols],

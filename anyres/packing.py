@@ -46,18 +46,21 @@ def _check(features: torch.Tensor, layout: Layout, out: torch.Tensor | None) -> 
 def _gather_index(layout: Layout, tokens_per_tile: int, offset: int) -> torch.Tensor:
     """Rows of ``features.reshape(-1, D)`` to gather, cached per layout.
 
-    Uncapped layouts: one row per output token (base, then each grid row followed by a newline slot that reads
-    row 0 and is overwritten). Capped layouts: the base tokens, then the whole unpadded map row-major (the input of
-    the bilinear resize).
+    Uncapped layouts: one row per output token (the base tiles' tokens, then each grid row followed by a newline
+    slot that reads row 0 and is overwritten). Capped layouts: the base tokens, then the whole unpadded map
+    row-major (the input of the bilinear resize).
     """
-    base = torch.arange(layout.base_tokens) + offset
-    if layout.grid.count == 0:  # single tile: [base, newline slot?]
+    per_tile = layout.tokens_per_tile
+    base = (
+        torch.arange(layout.base_tiles)[:, None] * tokens_per_tile + offset + torch.arange(per_tile)[None]
+    ).reshape(-1)
+    if layout.grid.count == 0:  # base tiles only: [base, newline slot?]
         return torch.cat([base, torch.zeros(layout.newlines, dtype=base.dtype)])
     s = layout.tokens_per_side
     top, left = layout.unpad_offsets
     rows, cols = layout.unpadded
     rr, cc = torch.meshgrid(torch.arange(rows) + top, torch.arange(cols) + left, indexing="ij")
-    tile = 1 + (rr // s) * layout.grid.cols + cc // s
+    tile = layout.base_tiles + (rr // s) * layout.grid.cols + cc // s
     grid = tile * tokens_per_tile + offset + (rr % s) * s + cc % s
     if not layout.is_capped and layout.newlines:
         grid = torch.cat([grid, torch.zeros(rows, 1, dtype=grid.dtype)], 1)
@@ -75,7 +78,7 @@ def pack(
     has_cls: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pack ``features`` ``[num_tiles, P, D]`` (base tile first) into ``[layout.num_tokens, D]``.
+    """Pack ``features`` ``[num_tiles, P, D]`` (base tiles first) into ``[layout.num_tokens, D]``.
 
     ``newline`` ``[D]`` is required when the layout has newlines. ``out`` may be a view into a larger buffer
     (e.g. the LLM's ``inputs_embeds``) to avoid a copy. With ``has_cls`` a leading CLS token per tile is dropped.
@@ -85,6 +88,12 @@ def pack(
     ``cat``. Within 1e-6 of transformers' ``pack_image_features``.
     """
     _check(features, layout, out)
+    if layout.base_tokens != layout.base_tiles * layout.tokens_per_tile:
+        raise GeometryError(
+            f"layout '{layout.strategy}' has {layout.base_tokens} base tokens from {layout.base_tiles} base "
+            f"tile(s) of {layout.tokens_per_tile} tokens; the generic packer keeps every base token, so a "
+            "strategy that pools its base tiles must override Strategy.pack"
+        )
     offset = _cls_offset(features, layout, has_cls)
     dim = features.shape[-1]
     if layout.newlines and newline is None:
@@ -106,12 +115,13 @@ def pack(
         uh, uw = layout.unpadded
         h, w = layout.capped
         base = layout.base_tokens
+        grid_tokens = layout.num_tokens - base
         if layout.base_position == "first":
             packed[:base] = gathered[:base]
             grid_in, grid_out = gathered[base:], packed[base:]
         else:
-            packed[-base:] = gathered[-base:]
-            grid_in, grid_out = gathered[:-base], packed[:-base]
+            packed[grid_tokens:] = gathered[gathered.shape[0] - base :]
+            grid_in, grid_out = gathered[: gathered.shape[0] - base], packed[:grid_tokens]
         # a channels-last NCHW view: PyTorch's vectorised bilinear kernel, align_corners=False, no antialias
         stitched = grid_in.view(1, uh, uw, dim).permute(0, 3, 1, 2)
         resized = F.interpolate(stitched, size=[h, w], mode="bilinear")

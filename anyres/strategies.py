@@ -1,8 +1,9 @@
-"""The visual-representation strategies (``pad``, ``hd``, ``anyres``, ``anyres_max_<N>``) and their registry.
+"""The visual-representation strategies (``pad``, ``hd``, ``anyres``, ``anyres_max_<N>``) and their open registry.
 
 A strategy is a frozen, typed configuration with three jobs: ``layout(size)`` (pure geometry),
-``preprocess(image)`` (pixels, base tile first then grid tiles row-major) and ``pack(features, layout, newline)``
-(the exact token sequence). Third parties add their own with :func:`register_strategy`.
+``preprocess(image)`` (pixels, base tiles first then grid tiles row-major) and ``pack(features, layout, newline)``
+(the exact token sequence). The subclass contract (declared metadata and public hooks) is documented on
+:class:`Strategy` and checked when a subclass is created; third parties add one with :func:`register_strategy`.
 """
 
 from __future__ import annotations
@@ -78,11 +79,32 @@ class TileBatch:
         return [Tiles(pv, lay, src) for pv, lay, src in zip(chunks, self.layouts, self.sources)]
 
 
+#: the hooks renamed when the extension contract became public (a subclass defining one gets a clear error)
+_RENAMED_HOOKS = {"_render": "render", "_pixels": "tile_pixels", "_draft_size": "draft_size"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Strategy:
-    """Common parameters (transformers' names where it has one) and the shared pixel / packing machinery."""
+    """Common parameters (transformers' names where it has one) and the shared pixel / packing machinery.
 
-    name: ClassVar[str] = "base"
+    **Subclass contract** (checked when the subclass is created; a violation is a ``TypeError`` naming it):
+
+    * declared metadata: ``name`` (``ClassVar[str]``, the registry name, set on the class itself) and
+      ``token_rule`` (``ClassVar[str]``, one line saying how the token count follows from the layout);
+      ``tile_size`` / ``patch_size`` are fields, validated on construction;
+    * :meth:`layout` (required): the exact :class:`Layout` of an image, including ``base_tiles`` (0, 1 or more
+      whole-image tiles before the grid tiles);
+    * :meth:`render` or :meth:`tile_pixels` (at least one): the pixels of the base tiles and of the grid;
+    * optional hooks: :meth:`draft_size` (a decode-time size hint for ``fast=True``), :meth:`pack` (a token
+      structure of your own; the model packs every image through it) and :meth:`parse_name` (a family of names,
+      like ``anyres_max_<N>``).
+
+    Pass ``abstract=True`` in the class statement (``class Base(Strategy, abstract=True)``) for an intermediate
+    base class that is not registered itself.
+    """
+
+    name: ClassVar[str] = ""
+    token_rule: ClassVar[str] = ""
 
     tile_size: int = 384
     patch_size: int = 14
@@ -94,6 +116,23 @@ class Strategy:
     resize_backend: Literal["pil", "torch"] = "pil"
     max_pixels: int = DEFAULT_MAX_PIXELS
     fast: bool = False
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED_HOOKS.items():
+            if old in cls.__dict__:
+                raise TypeError(f"{cls.__name__} defines {old}(); the public hook is now {new}()")
+        if abstract:
+            return
+        where = f"strategy class {cls.__name__}"
+        if not isinstance(cls.__dict__.get("name"), str) or not cls.__dict__["name"]:
+            raise TypeError(f"{where} must declare its registry name: name: ClassVar[str] = '...'")
+        if not isinstance(cls.token_rule, str) or not cls.token_rule:
+            raise TypeError(f"{where} must declare token_rule: ClassVar[str] (how its token count is made)")
+        if cls.layout is Strategy.layout:
+            raise TypeError(f"{where} must implement layout(size) -> Layout")
+        if cls.render is Strategy.render and cls.tile_pixels is Strategy.tile_pixels:
+            raise TypeError(f"{where} must implement render(pixels, layout) or tile_pixels(pixels, layout)")
 
     def __post_init__(self) -> None:
         tokens_per_side(self.tile_size, self.patch_size)  # validates
@@ -146,21 +185,47 @@ class Strategy:
         """Exact number of visual tokens for an image of ``size``."""
         return self.layout(size).num_tokens
 
-    # -- pixels ---------------------------------------------------------------------------------------------
-    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the base tile (``[S, S, 3]`` uint8) and the grid canvas (HWC uint8, or ``None``).
+    @classmethod
+    def parse_name(cls, name: str) -> dict[str, Any] | None:
+        """The parameters a registry ``name`` implies for this class, or ``None`` if the name is not this class's.
 
-        ``pixels`` is a PIL image or an HWC uint8 tensor. Third-party strategies implement this (or :meth:`_pixels`).
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement _render()")
+        The default answers to ``cls.name`` alone; override it for a family of names (``anyres_max_<N>``)."""
+        return {} if name == cls.name else None
 
-    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What :meth:`preprocess_batch` writes: the base tile and the grid content, HWC uint8 or float32 holding
-        integers 0..255. The content is either the whole canvas or the resized image (``layout.resized``), which
-        sits at ``layout.offsets`` on a black canvas. Defaults to :meth:`_render`."""
-        return self._render(pixels, layout)
+    # -- pixels (hooks) -------------------------------------------------------------------------------------
+    def render(self, pixels: Any, layout: Layout) -> tuple[Any, torch.Tensor | None]:
+        """The base tiles and the grid canvas as HWC uint8 tensors: ``(base, canvas)``.
 
-    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+        ``pixels`` is a PIL image or an HWC uint8 tensor. ``base`` is one ``[S, S, 3]`` tile, a list of
+        ``layout.base_tiles`` tiles, or ``None`` for a layout without base tiles; ``canvas`` is the whole grid
+        canvas (``layout.canvas``), or ``None`` for a layout without grid. Defaults to :meth:`tile_pixels`,
+        materialised onto the canvas (used by :func:`anyres.draw_layout`)."""
+        import torch
+
+        base, content = self.tile_pixels(pixels, layout)
+        bases = None if base is None else [_materialize(b) for b in _as_list(base)]
+        if bases is not None and len(bases) == 1 and not isinstance(base, (list, tuple)):
+            bases = bases[0]
+        if content is None:
+            return bases, None
+        content = _materialize(content)
+        if tuple(content.shape[:2]) == tuple(layout.canvas):
+            return bases, content
+        canvas = torch.zeros((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
+        (top, left), (rh, rw) = layout.offsets, layout.resized
+        canvas[top : top + rh, left : left + rw] = content
+        return bases, canvas
+
+    def tile_pixels(self, pixels: Any, layout: Layout) -> tuple[Any, Any]:
+        """What :meth:`preprocess_batch` writes into the tiles: ``(base, content)``.
+
+        Like :meth:`render`, but items may be pending resizes (:class:`anyres.tiling.Resized`) or float32 tensors
+        holding integers 0..255, and ``content`` may be either the whole canvas or just the resized image
+        (``layout.resized``), which then sits at ``layout.offsets`` on a black canvas. Defaults to :meth:`render`."""
+        return self.render(pixels, layout)
+
+    def draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+        """``(width, height)`` the decoder may shrink a JPEG to before resizing (``fast=True``), or ``None``."""
         return None
 
     def _wants_pil(self, image: Any, draft: tuple[int, int] | None) -> bool:
@@ -173,7 +238,7 @@ class Strategy:
         return isinstance(image, (Image.Image, str, os.PathLike)) and not resample.available(self.resample)
 
     def preprocess(self, image: Any) -> Tiles:
-        """Pixels for one image: float32 ``[num_tiles, 3, S, S]``, base tile first, grid tiles row-major."""
+        """Pixels for one image: float32 ``[num_tiles, 3, S, S]``, base tiles first, grid tiles row-major."""
         return self.preprocess_batch([image]).split()[0]
 
     def preprocess_batch(self, images: Sequence[Any]) -> TileBatch:
@@ -187,7 +252,7 @@ class Strategy:
             if self.fast:
                 peeked = peek_size(image, max_pixels=self.max_pixels)
                 if peeked is not None:
-                    draft = self._draft_size(ImageSize.from_pil(peeked))
+                    draft = self.draft_size(ImageSize.from_pil(peeked))
             if self._wants_pil(image, draft):
                 item = open_image(image, max_pixels=self.max_pixels)
                 pixels, source = item.image, item.source
@@ -213,7 +278,7 @@ class Strategy:
                         f"decodes to {pixels.shape[1]}x{pixels.shape[0]}; the file is corrupt",
                     )
             try:
-                base, content = self._pixels(pixels, layout)
+                base, content = self.tile_pixels(pixels, layout)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ImageError(source, f"cannot process image ({exc})") from None
             tiles = out[start : start + layout.num_tiles]
@@ -230,7 +295,9 @@ class Strategy:
         *,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pack per-tile features ``[num_tiles, P, D]`` into ``[layout.num_tokens, D]`` (see :func:`anyres.pack`)."""
+        """Pack per-tile features ``[num_tiles, P, D]`` into ``[layout.num_tokens, D]`` (a hook: the default is
+        :func:`anyres.pack`, the base tokens then each grid row plus its newline; override it for another token
+        structure; ``OneVisionModel`` packs every image through its strategy's ``pack``)."""
         from anyres.packing import pack
 
         return pack(features, layout, newline, has_cls=self.has_cls, out=out)
@@ -241,6 +308,7 @@ class PadStrategy(Strategy):
     """LLaVA-1.5 ``pad`` and OneVision multi-image: pad to a square with the mean colour, one tile, one newline."""
 
     name: ClassVar[str] = "pad"
+    token_rule: ClassVar[str] = "one tile's tokens, plus one newline when newline=True"
     newline: bool = True
 
     @property
@@ -257,14 +325,14 @@ class PadStrategy(Strategy):
             newline=self.newline,
         )
 
-    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+    def draft_size(self, size: ImageSize) -> tuple[int, int] | None:
         side = max(size)
         return (
             max(1, -(-size.width * self.tile_size // side)),
             max(1, -(-size.height * self.tile_size // side)),
         )
 
-    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tile_pixels(self, pixels: Any, layout: Layout) -> tuple[Any, Any]:
         from anyres import tiling
 
         decoded = self.layout(ImageSize(*tiling.image_size(pixels)))  # differs from `layout` in fast mode
@@ -278,15 +346,13 @@ class PadStrategy(Strategy):
         square = tiling.square_pad(pixels, decoded, self.fill)
         return tiling.resize(square, s, s, self.resample, self.resize_backend, lazy=True), None
 
-    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return _materialize(self._pixels(pixels, layout)[0]), None
-
 
 @dataclass(frozen=True, kw_only=True)
 class AnyResStrategy(Strategy):
     """LLaVA-NeXT ``anyres`` with ``spatial_unpad``: base tile first, unpadded grid, a newline per row, no cap."""
 
     name: ClassVar[str] = "anyres"
+    token_rule: ClassVar[str] = "base tile tokens + unpadded grid rows, each followed by a newline"
 
     tile_size: int = 336
     image_mean: tuple[float, ...] = CLIP_MEAN
@@ -336,20 +402,11 @@ class AnyResStrategy(Strategy):
             base_position=self.base_position,
         )
 
-    def _draft_size(self, size: ImageSize) -> tuple[int, int] | None:
+    def draft_size(self, size: ImageSize) -> tuple[int, int] | None:
         layout = self.layout(size)
         return (max(layout.resized.width, self.tile_size), max(layout.resized.height, self.tile_size))
 
-    def _render(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        import torch
-
-        base, content = self._pixels(pixels, layout)
-        canvas = torch.zeros((layout.canvas.height, layout.canvas.width, 3), dtype=torch.uint8)
-        (top, left), (rh, rw) = layout.offsets, layout.resized
-        canvas[top : top + rh, left : left + rw] = _materialize(content)
-        return _materialize(base), canvas
-
-    def _pixels(self, pixels: Any, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tile_pixels(self, pixels: Any, layout: Layout) -> tuple[Any, Any]:
         from anyres import tiling
 
         s = self.tile_size
@@ -367,6 +424,7 @@ class AnyResMaxStrategy(AnyResStrategy):
     """LLaVA-OneVision ``anyres_max_<N>``: AnyRes on SigLIP-384 tiles with the τ bilinear cap at N tiles."""
 
     name: ClassVar[str] = "anyres_max"
+    token_rule: ClassVar[str] = "anyres, with the unpadded grid bilinearly capped at about N tiles' tokens"
 
     tile_size: int = 384
     image_mean: tuple[float, ...] = SIGLIP_MEAN
@@ -384,6 +442,14 @@ class AnyResMaxStrategy(AnyResStrategy):
     def strategy_name(self) -> str:
         return f"anyres_max_{self.max_num_patches}"
 
+    @classmethod
+    def parse_name(cls, name: str) -> dict[str, Any] | None:
+        """``anyres_max_<N>`` means ``max_num_patches=N`` (``anyres_max`` alone takes the parameter)."""
+        if name == cls.name:
+            return {}
+        match = _ANYRES_MAX.fullmatch(name)
+        return {"max_num_patches": int(match.group(1))} if match else None
+
 
 @dataclass(frozen=True, kw_only=True)
 class HDStrategy(AnyResStrategy):
@@ -391,6 +457,7 @@ class HDStrategy(AnyResStrategy):
     squashed global image's features (first by default; ``base_position="last"`` puts them after the grid)."""
 
     name: ClassVar[str] = "hd"
+    token_rule: ClassVar[str] = "global tile tokens + unpadded grid rows, each followed by a row-end token"
 
     tile_size: int = 224
     grid_pinpoints: str | tuple[tuple[int, int], ...] | None = None
@@ -413,6 +480,10 @@ def _header_size(image: Any, max_pixels: int) -> tuple[int, int] | None:
         return None
 
 
+def _as_list(base: Any) -> list[Any]:
+    return list(base) if isinstance(base, (list, tuple)) else [base]
+
+
 def _materialize(pixels: Any) -> torch.Tensor:
     """HWC uint8 from a tensor of pixel values or a pending :class:`anyres.tiling.Resized`."""
     import torch
@@ -431,13 +502,31 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 _ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
 
 
-def register_strategy(name: str, cls: type[Strategy], *, overwrite: bool = False) -> None:
-    """Register a strategy class under ``name`` (``get_strategy(name, **params)`` then builds it)."""
+def register_strategy(
+    name_or_cls: str | type[Strategy], cls: type[Strategy] | None = None, *, overwrite: bool = False
+):
+    """Register a strategy class; ``get_strategy(cls.name, **params)`` then builds it.
+
+    One call, ``register_strategy(MyStrategy)``, or a class decorator, ``@register_strategy``. The older form
+    ``register_strategy("mine", MyStrategy)`` is accepted when the name equals the class's declared ``name``.
+    Returns the class."""
+    if cls is None:
+        if isinstance(name_or_cls, str):
+            raise TypeError("register_strategy(name, cls): the class is missing; or use @register_strategy")
+        cls, name = name_or_cls, getattr(name_or_cls, "name", None)
+    else:
+        name = name_or_cls
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{cls!r} is not a subclass of anyres.Strategy")
+    if not cls.__dict__.get("name") or name != cls.name:
+        raise ValueError(
+            f"{cls.__name__} declares name {cls.__dict__.get('name')!r} but is registered as {name!r}; the "
+            "registry name is the class's declared name (to_dict() writes it, get_strategy() reads it)"
+        )
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"strategy {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[name] = cls
+    return cls
 
 
 def list_strategies() -> list[str]:
@@ -447,17 +536,22 @@ def list_strategies() -> list[str]:
 
 def get_strategy(name: str, **params: Any) -> Strategy:
     """Build a strategy by name, e.g. ``get_strategy("anyres_max_9", rounding="llava")``."""
-    match = _ANYRES_MAX.fullmatch(name)
-    if match:
-        if "max_num_patches" in params and params["max_num_patches"] != int(match.group(1)):
-            raise ValueError(f"{name!r} conflicts with max_num_patches={params['max_num_patches']}")
-        params["max_num_patches"] = int(match.group(1))
-        name = "anyres_max"
     cls = _REGISTRY.get(name)
+    implied = {} if cls is not None else None
     if cls is None:
+        for candidate in _REGISTRY.values():
+            implied = candidate.parse_name(name)
+            if implied is not None:
+                cls = candidate
+                break
+    if cls is None or implied is None:
         raise ValueError(
             f"unknown strategy {name!r}; registered: {', '.join(list_strategies())} (or anyres_max_<N>)"
         )
+    for key, value in implied.items():
+        if key in params and params[key] != value:
+            raise ValueError(f"{name!r} conflicts with {key}={params[key]}")
+        params[key] = value
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(params) - fields)
     if unknown:
@@ -475,4 +569,4 @@ def strategy_from_dict(config: dict[str, Any]) -> Strategy:
 
 
 for _cls in (PadStrategy, HDStrategy, AnyResStrategy, AnyResMaxStrategy):
-    register_strategy(_cls.name, _cls)
+    register_strategy(_cls)

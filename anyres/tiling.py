@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -309,31 +310,50 @@ def _advise_huge_pages(tensor: torch.Tensor) -> None:
 
 def write_tiles(
     out: torch.Tensor,
-    base: torch.Tensor | Resized,
+    base: torch.Tensor | Resized | Sequence[torch.Tensor | Resized] | None,
     content: torch.Tensor | Resized | None,
     layout: Layout,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> None:
-    """Fill ``out`` ``[N, 3, S, S]``: the base tile, then the grid tiles (row-major) of the black-padded canvas that
+    """Fill ``out`` ``[N, 3, S, S]``: the base tiles, then the grid tiles (row-major) of the black-padded canvas that
     holds ``content`` (HWC: the resized image, placed at ``layout.offsets``, or the whole canvas); normalised as
-    ``(x / 255 - mean) / std``. Tensors hold pixel values 0..255 (uint8 or float32); :class:`Resized` items are
+    ``(x / 255 - mean) / std``. ``base`` is one tile, a sequence of ``layout.base_tiles`` tiles, or ``None`` when the
+    layout has no base tile. Tensors hold pixel values 0..255 (uint8 or float32); :class:`Resized` items are
     computed here."""
-    pending = [item for item in (base, content) if isinstance(item, Resized)]
+    bases = _base_list(base, layout)
     if (
-        len(pending) == 2
-        and pending[0].image is pending[1].image
-        and pending[0].resample == pending[1].resample
+        len(bases) == 1
+        and isinstance(bases[0], Resized)
+        and isinstance(content, Resized)
+        and bases[0].image is content.image
+        and bases[0].resample == content.resample
     ):
         done = _resample.resize_many(
-            pending[0].image, [(r.height, r.width) for r in pending], pending[0].resample
+            content.image, [(r.height, r.width) for r in (bases[0], content)], content.resample
         )
         if all(d is not None for d in done):
-            base, content = done  # both computed in one pass over the source rows
-    _Tiles(out[:1], 1, 0, 0, mean, std).write(base)
+            bases, content = [done[0]], done[1]  # both computed in one pass over the source rows
+    for index, tile in enumerate(bases):
+        _Tiles(out[index : index + 1], 1, 0, 0, mean, std).write(tile)
     if content is not None:
         rh, rw = int(content.shape[0]), int(content.shape[1])
         top, left = (0, 0) if (rh, rw) == tuple(layout.canvas) else layout.offsets
-        grid = _Tiles(out[1:], layout.grid.cols, top, left, mean, std)
+        grid = _Tiles(out[layout.base_tiles :], layout.grid.cols, top, left, mean, std)
         grid.pad(rh, rw)
         grid.write(content)
+
+
+def _base_list(base: Any, layout: Layout) -> list[Any]:
+    """``base`` as a list of ``layout.base_tiles`` tiles (a strategy returns one tile, a sequence or ``None``)."""
+    if base is None:
+        bases: list[Any] = []
+    elif isinstance(base, (torch.Tensor, Resized)):
+        bases = [base]
+    else:
+        bases = list(base)
+    if len(bases) != layout.base_tiles:
+        raise ValueError(
+            f"the strategy rendered {len(bases)} base tile(s) but its layout declares {layout.base_tiles}"
+        )
+    return bases

@@ -76,7 +76,9 @@ def run_onevision(
             "train.gradient_checkpointing=false",
             "logging.progress=false",
             f"data.num_workers={workers}",
-            f"model.options={{llm_width: {width}, llm_layers: {layers}}}",
+            # a partial model config over the tiny preset: the LLM's width and depth
+            f"model.options={{llm: {{config: {{hidden_size: {width}, intermediate_size: {2 * width}, "
+            f"num_hidden_layers: {layers}}}}}}}",
             "checkpoint.every_steps=100000",
             f"seed={seed}",
             "data.lookahead=64",

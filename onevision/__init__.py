@@ -8,7 +8,11 @@ Entry points (imported lazily, so ``import onevision`` stays light; torch/transf
 * :class:`OneVisionConfig` (+ ``VisionConfig``, ``ProjectorConfig``, ``LLMConfig``, ``ProcessorConfig``).
 * :class:`OneVisionModel`, :class:`OneVisionProcessor`, :class:`Pipeline`.
 * :func:`convert`, :func:`export_hf`, :func:`save_native`: checkpoint conversion.
-* Registries: :func:`list_encoders`, :func:`list_projectors`, :func:`list_llms`, :func:`list_templates`.
+* Registries: :func:`list_encoders` / :func:`register_encoder` (+ :func:`list_archs` / :func:`register_arch`),
+  :func:`list_projectors` / :func:`register_projector`, :func:`list_llms`, :func:`list_templates`.
+* Named model architectures as data (open_clip style): :func:`list_models`, :func:`add_model_config`,
+  :func:`get_model_config`.
+* The visual policy schema: :class:`VisualPolicy` (+ ``ImagePolicy``, ``VideoPolicy``).
 
 Tiny offline models for tests and demos live in :mod:`onevision.testing`.
 """
@@ -27,6 +31,17 @@ _EXPORTS: dict[str, str] = {
     "ProjectorConfig": "onevision.config",
     "LLMConfig": "onevision.config",
     "ProcessorConfig": "onevision.config",
+    "VisualPolicy": "onevision.policy",
+    "ImagePolicy": "onevision.policy",
+    "VideoPolicy": "onevision.policy",
+    # named model configs (torch-free)
+    "list_models": "onevision.model_configs",
+    "add_model_config": "onevision.model_configs",
+    "get_model_config": "onevision.model_configs",
+    # encoder families (torch-free)
+    "VisionArch": "onevision.archs",
+    "list_archs": "onevision.archs",
+    "register_arch": "onevision.archs",
     # errors (torch-free)
     "OneVisionError": "onevision.errors",
     "ConfigError": "onevision.errors",
@@ -44,12 +59,13 @@ _EXPORTS: dict[str, str] = {
     "OneVisionProcessor": "onevision.processor",
     "BatchInputs": "onevision.processor",
     "TokenCount": "onevision.processor",
-    "ModalityPolicy": "onevision.processor",
+    "ModalityPolicy": "onevision.policy",
     "VisionEncoder": "onevision.encoders",
     "EncoderInfo": "onevision.encoders",
     "build_encoder": "onevision.encoders",
     "register_encoder": "onevision.encoders",
     "list_encoders": "onevision.encoders",
+    "Projector": "onevision.projectors",
     "build_projector": "onevision.projectors",
     "register_projector": "onevision.projectors",
     "list_projectors": "onevision.projectors",
@@ -74,6 +90,7 @@ __all__ = [
     "ContextOverflowError",
     "EncoderInfo",
     "ExportError",
+    "ImagePolicy",
     "InputError",
     "KeyMismatchError",
     "LLMConfig",
@@ -84,11 +101,16 @@ __all__ = [
     "OneVisionProcessor",
     "Pipeline",
     "ProcessorConfig",
+    "Projector",
     "ProjectorConfig",
     "TokenCount",
     "UnknownComponentError",
+    "VideoPolicy",
+    "VisionArch",
     "VisionConfig",
     "VisionEncoder",
+    "VisualPolicy",
+    "add_model_config",
     "build_encoder",
     "build_llm",
     "build_projector",
@@ -96,12 +118,16 @@ __all__ = [
     "detect_format",
     "export_hf",
     "from_config",
+    "get_model_config",
     "get_template",
+    "list_archs",
     "list_encoders",
     "list_llms",
+    "list_models",
     "list_projectors",
     "list_templates",
     "load",
+    "register_arch",
     "register_encoder",
     "register_llm",
     "register_projector",
@@ -130,6 +156,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from onevision.archs import VisionArch, list_archs, register_arch
     from onevision.checkpoints import convert, detect_format, export_hf, save_native
     from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
     from onevision.encoders import EncoderInfo, VisionEncoder, build_encoder, list_encoders, register_encoder
@@ -145,7 +172,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from onevision.llm import build_llm, list_llms, register_llm
     from onevision.model import OneVisionModel
+    from onevision.model_configs import add_model_config, get_model_config, list_models
     from onevision.pipeline import Pipeline, from_config, load
-    from onevision.processor import BatchInputs, ModalityPolicy, OneVisionProcessor, TokenCount
-    from onevision.projectors import build_projector, list_projectors, register_projector
+    from onevision.policy import ImagePolicy, ModalityPolicy, VideoPolicy, VisualPolicy
+    from onevision.processor import BatchInputs, OneVisionProcessor, TokenCount
+    from onevision.projectors import Projector, build_projector, list_projectors, register_projector
     from onevision.templates import ChatTemplate, get_template

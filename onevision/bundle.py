@@ -42,7 +42,8 @@ def build_bundle(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any =
     """
     from onevision.llm import fit_embeddings, load_tokenizer, max_positions
     from onevision.model import OneVisionModel
-    from onevision.processor import OneVisionProcessor, resolve_processor_config
+    from onevision.policy import resolve_processor_config
+    from onevision.processor import OneVisionProcessor
 
     if tokenizer is None:
         source = config.llm.tokenizer or config.llm.pretrained

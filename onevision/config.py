@@ -2,7 +2,8 @@
 
 Components are chosen by typed fields that are registry keys (``VisionConfig.backend`` / ``arch``,
 ``ProjectorConfig.type``, ``LLMConfig.model_type``), never by parsing a path or a model name. Where the weights
-come from (``pretrained``: a hub id or a local directory) is a separate field.
+come from (``pretrained``: a hub id or a local directory) is a separate field. Every ``from_dict`` is the one
+strict reader, :func:`onevision.schema.from_dict`; the visual policy is :class:`onevision.policy.VisualPolicy`.
 
 This module imports neither torch nor transformers.
 """
@@ -15,21 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from onevision import schema
 from onevision.errors import ConfigError
+from onevision.policy import VideoPolicy, VisualPolicy, policy_from_v1
 
 #: Format marker written into a native checkpoint's ``config.json``.
 FORMAT_NAME = "onevision"
-FORMAT_VERSION = 1
+#: 2: the processor's policy is one ``visual`` mapping (:class:`VisualPolicy`); format 1 is still read.
+FORMAT_VERSION = 2
 
 LabelMask = Literal["assistant_only", "llava_next"]
-
-
-def _from_dict(cls, data: dict[str, Any], where: str):
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
-    return cls(**data)
+#: transformers' attention kernels (``None``: transformers' default)
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
 
 @dataclass
@@ -48,6 +46,7 @@ class VisionConfig:
       SigLIP-so400m and CLIP-L). Blocks after it are removed when the encoder is built, so post-layernorm and
       heads are never computed.
     * ``image_mean`` / ``image_std``: override the normalisation the encoder declares.
+    * ``attn_implementation``: the transformers attention kernel (``None``: transformers' default).
     """
 
     backend: str = "transformers"
@@ -58,6 +57,7 @@ class VisionConfig:
     feature_layer: int | None = None
     image_mean: tuple[float, float, float] | None = None
     image_std: tuple[float, float, float] | None = None
+    attn_implementation: AttnImplementation | None = None
 
     def __post_init__(self) -> None:
         if self.feature_layer is not None and not isinstance(self.feature_layer, int):
@@ -71,7 +71,7 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionConfig:
-        return _from_dict(cls, data, "vision")
+        return schema.from_dict(cls, data, prefix="vision.")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class ProjectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProjectorConfig:
-        return _from_dict(cls, data, "projector")
+        return schema.from_dict(cls, data, prefix="projector.")
 
 
 @dataclass
@@ -93,6 +93,7 @@ class LLMConfig:
     ``pretrained`` is a hub id or local directory loaded with ``from_pretrained``; otherwise the model is built
     with random weights from ``config`` (a transformers config dict of that ``model_type``).
     ``tokenizer`` is where the tokenizer comes from when it is not stored next to the weights.
+    ``attn_implementation`` is the transformers attention kernel (``None``: transformers' default).
     """
 
     model_type: str = "qwen2"
@@ -100,53 +101,49 @@ class LLMConfig:
     pretrained: str | None = None
     tokenizer: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: AttnImplementation | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LLMConfig:
-        return _from_dict(cls, data, "llm")
+        return schema.from_dict(cls, data, prefix="llm.")
+
+
+def _inference_policy() -> VisualPolicy:
+    """The processor's default: OneVision's strategies, 32 uniform frames per video, one newline per video."""
+    return VisualPolicy(video=VideoPolicy(num_frames=32, newline_position="one_token"))
 
 
 @dataclass
 class ProcessorConfig:
-    """The declarative per-modality token policy, shared by training, inference and token counting.
+    """What the processor needs besides its tokenizer: the visual policy, the chat template and the budget.
 
-    * ``single_image``: an ``anyres`` strategy dict (``Strategy.to_dict()``) for a sample with one image
-      (default ``anyres_max_9``).
-    * ``multi_image``: the strategy for every image of a sample with several images (default ``pad``: 729 + 1).
-    * ``video``: ``video.FramePooling`` parameters (``mode``, ``stride``, ``newline``).
-    * ``sampling``: ``video.Sampling`` parameters used when a video is given as a file.
+    * ``visual``: the per-modality :class:`~onevision.policy.VisualPolicy` (the same schema as a recipe's
+      ``visual:``), resolved against the encoder when a model is built (tile size, patch size, normalisation), so
+      a saved processor needs no model to run. Default: ``anyres_max_9`` for one image, ``pad`` for several,
+      32 uniform frames per video with one newline.
     * ``template``: chat template name (see :mod:`onevision.templates`).
     * ``label_mask``: ``assistant_only`` (default) or ``llava_next`` (the reference masking, for parity studies).
     * ``max_length``: context budget in tokens; ``None`` uses the LLM's ``max_position_embeddings``.
-
-    Tile size, patch size and normalisation are filled in from the encoder's metadata when a model is built, so
-    a saved processor needs no model to run.
     """
 
-    single_image: dict[str, Any] = field(default_factory=lambda: {"name": "anyres_max_9"})
-    multi_image: dict[str, Any] = field(default_factory=lambda: {"name": "pad"})
-    video: dict[str, Any] = field(
-        default_factory=lambda: {"mode": "bilinear", "stride": 2, "newline": "one_token"}
-    )
-    sampling: dict[str, Any] = field(default_factory=lambda: {"num_frames": 32})
+    visual: VisualPolicy = field(default_factory=_inference_policy)
     template: str = "qwen_1_5"
-    label_mask: str = "assistant_only"
+    label_mask: LabelMask = "assistant_only"
     max_length: int | None = None
     image_token: str = "<image>"
     video_token: str = "<video>"
 
-    def __post_init__(self) -> None:
-        if self.label_mask not in ("assistant_only", "llava_next"):
-            raise ConfigError(
-                f"processor.label_mask must be 'assistant_only' or 'llava_next', got {self.label_mask!r}"
-            )
-        for name in ("single_image", "multi_image"):
-            if "name" not in getattr(self, name):
-                raise ConfigError(f"processor.{name} needs a strategy 'name' (e.g. 'anyres_max_9', 'pad')")
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProcessorConfig:
-        return _from_dict(cls, data, "processor")
+        """Strictly from a mapping; a format-1 mapping (``single_image``/``multi_image``/``video``/``sampling``)
+        is read too."""
+        data = dict(data)
+        legacy = {k: data.pop(k) for k in ("single_image", "multi_image", "video", "sampling") if k in data}
+        if legacy:
+            if "visual" in data:
+                raise ConfigError(f"processor: {sorted(legacy)} (format 1) and visual cannot both be given")
+            data["visual"] = policy_from_v1(legacy)
+        return schema.from_dict(cls, data, prefix="processor.")
 
 
 @dataclass
@@ -181,19 +178,9 @@ class OneVisionConfig:
             raise ConfigError(
                 f"config format_version {version} is newer than this onevision ({FORMAT_VERSION})"
             )
-        unknown = sorted(
-            set(data) - {"vision", "projector", "llm", "processor", "image_token_id", "video_token_id"}
-        )
-        if unknown:
-            raise ConfigError(f"unknown top-level config field(s) {unknown}")
-        return cls(
-            vision=VisionConfig.from_dict(data.get("vision", {})),
-            projector=ProjectorConfig.from_dict(data.get("projector", {})),
-            llm=LLMConfig.from_dict(data.get("llm", {})),
-            processor=ProcessorConfig.from_dict(data.get("processor", {})),
-            image_token_id=data.get("image_token_id"),
-            video_token_id=data.get("video_token_id"),
-        )
+        if "processor" in data:
+            data["processor"] = ProcessorConfig.from_dict(data["processor"])  # reads format 1 too
+        return schema.from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")

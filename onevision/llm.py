@@ -45,13 +45,16 @@ def check_llm_type(model_type: str) -> None:
 
 
 def build_llm(config: LLMConfig, *, dtype: Any = None) -> PreTrainedModel:
-    """A transformers causal LM: ``from_pretrained(config.pretrained)`` or random weights from ``config.config``."""
+    """A transformers causal LM: ``from_pretrained(config.pretrained)`` or random weights from ``config.config``,
+    with ``config.attn_implementation`` (transformers' default when ``None``)."""
     if config.backend != "transformers":
         raise UnknownComponentError("LLM backend", config.backend, ["transformers"])
     check_llm_type(config.model_type)
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
     if config.pretrained:
         model = AutoModelForCausalLM.from_pretrained(config.pretrained, **kwargs)
         if model.config.model_type != config.model_type:

@@ -1,8 +1,10 @@
 """``OneVisionModel``: vision tower -> projector -> exact token packing -> causal LM.
 
 Visual features replace the placeholder tokens the processor inserted, using the exact counts of the ``anyres``
-(images) and ``video`` (frames) layouts that travel with the inputs. One batch may mix single-image, multi-image,
-video and text-only samples: every tile and frame of the batch goes through the vision tower in one call.
+(images) and ``video`` (frames) layouts that travel with the inputs. Each image is packed by the ``pack`` of the
+policy strategy that made its layout and each video by the policy's ``video.FramePooling``, so a new token
+structure needs no change here. One batch may mix single-image, multi-image, video and text-only samples: every
+tile and frame of the batch goes through the vision tower in one call.
 
 The model owns its native directory (nanoVLM-style): :meth:`OneVisionModel.save_pretrained` writes
 ``config.json`` + safetensors and :meth:`OneVisionModel.from_pretrained` rebuilds it offline, through the tensor IO
@@ -30,12 +32,9 @@ from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
 from onevision.errors import CheckpointError, ConfigError, InputError, KeyMismatchError
 from onevision.llm import build_llm, export_llm_config, set_activation_checkpointing
+from onevision.policy import ModalityPolicy
 from onevision.projectors import build_projector
 
-#: Vision blocks in a state dict; those past the feature layer (cut when the tower is built) are dropped on load.
-_VISION_LAYER = re.compile(
-    r"vision_tower\.model\.encoder\.layers\.(\d+)\."
-)  # TODO(registry): encoder-declared
 _LM_HEAD = "language_model.lm_head.weight"
 
 
@@ -75,7 +74,7 @@ class OneVisionModel(nn.Module):
         self.projector = build_projector(config.projector, self.vision_tower.info.width, hidden)
         self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.config = config
-        self._pooling = None
+        self._policy: tuple[Any, ModalityPolicy] | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -111,10 +110,12 @@ class OneVisionModel(nn.Module):
         expected = self.state_dict()
         kept = self.vision_tower.info.num_layers
         dropped = set(drop)
+        # vision blocks past the feature layer (cut when the tower was built), in the encoder's declared key layout
+        block = re.compile(r"vision_tower\." + self.vision_tower.block_pattern)
         state = {
             k: v
             for k, v in state.items()
-            if k not in dropped and not ((m := _VISION_LAYER.match(k)) and int(m.group(1)) >= kept)
+            if k not in dropped and not ((m := block.match(k)) and int(m.group(1)) >= kept)
         }
         tied = bool(getattr(self.language_model.config, "tie_word_embeddings", False))
         optional = {_LM_HEAD} if tied else set()
@@ -232,19 +233,16 @@ class OneVisionModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
 
-    def frame_pooling(self):
-        """The ``video.FramePooling`` used to pack video features (built lazily from the config policy)."""
-        if self._pooling is None:
-            import video
+    def policy(self) -> ModalityPolicy:
+        """The visual policy of ``config.processor``, on this encoder's tiles (rebuilt when the config changes)."""
+        processor = self.config.processor
+        if self._policy is None or self._policy[0] is not processor:
+            self._policy = (processor, processor.visual.resolved(self.vision_tower.info).build())
+        return self._policy[1]
 
-            info = self.vision_tower.info
-            params = {
-                "tile_size": info.tile_size,
-                "patch_size": info.patch_size,
-                **self.config.processor.video,
-            }
-            self._pooling = video.FramePooling(**params)
-        return self._pooling
+    def frame_pooling(self):
+        """The ``video.FramePooling`` used to pack video features (from the config policy)."""
+        return self.policy().frame_pooling()
 
     # -- visual features ------------------------------------------------------------------------------------
     def encode_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -323,9 +321,8 @@ class OneVisionModel(nn.Module):
                 start += n
         return embeds
 
-    @staticmethod
-    def _pack_image(feats, layout, newline, out):
-        return anyres.pack(feats, layout, newline, out=out)
+    def _pack_image(self, feats, layout, newline, out):
+        return self.policy().strategy_for(layout).pack(feats, layout, newline, out=out)
 
     def _pack_video(self, feats, layout, newline, out):
         packed = self.frame_pooling().pack(feats, layout, newline)

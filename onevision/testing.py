@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
+from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from onevision.pipeline import Pipeline
@@ -335,12 +336,11 @@ class TinySpec:
             feature_layer=-1,
             config={**self.vision_kwargs(), "vision_use_head": False},
         )
-        processor = ProcessorConfig(
-            single_image={"name": "anyres_max_9", "grid_pinpoints": f"(1x1),...,({self.grid}x{self.grid})"},
-            multi_image={"name": "pad"},
-            sampling={"num_frames": num_frames},
-            template=template,
+        visual = VisualPolicy(
+            image=ImagePolicy("anyres_max_9", {"grid_pinpoints": f"(1x1),...,({self.grid}x{self.grid})"}),
+            video=VideoPolicy(num_frames=num_frames, newline_position="one_token"),
         )
+        processor = ProcessorConfig(visual=visual, template=template)
         return OneVisionConfig(
             vision=vision,
             projector=ProjectorConfig("mlp2x_gelu"),

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from video._fields import strict_from_dict
 from video.errors import VideoError
 
 __all__ = ["Deadline", "Limits"]
@@ -56,10 +57,7 @@ class Limits:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown Limits keys: {sorted(unknown)}")
-        return cls(**data)
+        return strict_from_dict(cls, data)
 
     def check_stream(
         self,

@@ -26,8 +26,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from video._fields import strict_from_dict
 
 if TYPE_CHECKING:
     import torch
@@ -199,13 +201,7 @@ class FramePooling:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FramePooling:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(
-                f"unknown FramePooling keys: {sorted(unknown)}; expected a subset of {sorted(names)}"
-            )
-        return cls(**dict(data))
+        return strict_from_dict(cls, data)
 
     @classmethod
     def from_llava_config(

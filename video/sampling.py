@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from video._fields import strict_from_dict
 
 if TYPE_CHECKING:
     from video.io import Clip
@@ -170,13 +172,7 @@ class Sampling:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sampling:
         """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drift between configs)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(
-                f"unknown Sampling keys: {sorted(unknown)}; expected a subset of {sorted(names)}"
-            )
-        return cls(**dict(data))
+        return strict_from_dict(cls, data)
 
     # -- index maths -----------------------------------------------------------------------------------
     def frame_range(

@@ -14,13 +14,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from onevision.archs import hf_vision_arches
 from onevision.bundle import Bundle, restore_bundle
 from onevision.checkpoints.io import read_config, read_state_dict, write_json, write_state_dict
-from onevision.checkpoints.mapping import ANYRES_MAX, HF_VISION_ARCH, default_template, remap
+from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
 from onevision.encoders import TransformersEncoder
 from onevision.errors import CheckpointError, ConfigError, ExportError, UnknownComponentError
 from onevision.llm import load_tokenizer
+from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
 from onevision.projectors import mlp_depth
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,9 @@ def hf_to_config(
 
     hf = LlavaOnevisionConfig.from_dict(cfg)
     vc, tc = hf.vision_config, hf.text_config
-    arch = HF_VISION_ARCH.get(vc.model_type)
+    arch = hf_vision_arches().get(vc.model_type)
     if arch is None:
-        raise UnknownComponentError("HF vision model_type", vc.model_type, HF_VISION_ARCH)
+        raise UnknownComponentError("HF vision model_type", vc.model_type, hf_vision_arches())
     strategy = hf.vision_feature_select_strategy
     if (arch, strategy) not in (("siglip", "full"), ("clip", "default")):
         raise ConfigError(
@@ -132,10 +134,11 @@ def hf_to_config(
         log.warning("no image processor config found; using the %s encoder's default normalisation", arch)
     proc = ip.get("_processor", {})
     processor = ProcessorConfig(
-        single_image=single,
-        multi_image=multi,
-        video={"mode": "bilinear", "stride": 2, "newline": "one_token"},
-        sampling={"num_frames": num_frames},
+        visual=VisualPolicy(
+            image=ImagePolicy(single.pop("name"), single),
+            multi_image=ImagePolicy(multi.pop("name"), multi),
+            video=VideoPolicy(num_frames=num_frames, newline_position="one_token"),
+        ),
         template=template or default_template(tc.model_type),
         image_token=proc.get("image_token", "<image>"),
         video_token=proc.get("video_token", "<video>"),
@@ -218,7 +221,7 @@ def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
             )
     if multi.name != "pad" or not getattr(multi, "newline", False):
         problems.append(f"multi-image strategy {multi.strategy_name!r} (HF: pad + one newline)")
-    if (vid.get("mode", "bilinear"), vid.get("stride", 2), vid.get("newline", "one_token")) != (
+    if (vid.pool_mode, vid.pool_stride, vid.newline_position) != (
         "bilinear",
         2,
         "one_token",

@@ -15,14 +15,6 @@ from onevision.errors import KeyMismatchError
 #: ``anyres_max_<N>``: the aspect-ratio value of HF ``vision_aspect_ratio`` and original ``image_aspect_ratio``.
 ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
 
-#: HF vision ``model_type`` -> our ``VisionConfig.arch``.
-HF_VISION_ARCH = {
-    "siglip_vision_model": "siglip",
-    "siglip": "siglip",
-    "clip_vision_model": "clip",
-    "clip": "clip",
-}
-
 #: LLM family -> default chat template on import (overridable with ``template=``).
 DEFAULT_TEMPLATE = {
     "qwen2": "qwen_1_5",

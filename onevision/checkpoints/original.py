@@ -14,12 +14,14 @@ from typing import Any
 
 import anyres
 import video
+from onevision.archs import hf_vision_arches
 from onevision.bundle import Bundle, restore_bundle
 from onevision.checkpoints.io import read_config, read_state_dict
-from onevision.checkpoints.mapping import ANYRES_MAX, HF_VISION_ARCH, default_template, remap
+from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
 from onevision.errors import CheckpointError, ConfigError, UnknownComponentError
 from onevision.llm import load_tokenizer
+from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
 
 #: Original LLaVA-NeXT ``architectures`` -> LLM model_type.
 ORIGINAL_ARCHITECTURES = {
@@ -104,9 +106,9 @@ def original_to_config(
     vision_config = {
         k: v for k, v in vision_config.items() if k not in ("transformers_version", "architectures")
     }
-    arch = HF_VISION_ARCH.get(vision_config.get("model_type", ""))
+    arch = hf_vision_arches().get(vision_config.get("model_type", ""))
     if arch is None:
-        raise UnknownComponentError("vision model_type", vision_config.get("model_type"), HF_VISION_ARCH)
+        raise UnknownComponentError("vision model_type", vision_config.get("model_type"), hf_vision_arches())
     keys = list(state_keys)
     layers = {
         int(m.group(1))
@@ -156,14 +158,15 @@ def original_to_config(
     projector = cfg.get("mm_projector_type", "linear")
     llm_dict = {k: v for k, v in cfg.items() if k not in _ORIGINAL_MM_FIELDS and not k.startswith("mm_")}
     llm_dict.pop("rope_scaling", None)  # LlavaQwenForCausalLM forces rope_scaling=None
-    sampling: dict[str, Any] = {"num_frames": num_frames}
-    if cfg.get("add_time_instruction"):
-        sampling["time_instruction"] = True
+    video_policy = VideoPolicy(
+        num_frames=num_frames,
+        pool_mode=pooling.mode,
+        pool_stride=pooling.stride,
+        newline_position=pooling.newline,
+        time_instruction=bool(cfg.get("add_time_instruction")),
+    )
     processor = ProcessorConfig(
-        single_image=single,
-        multi_image={"name": "pad"},
-        video={"mode": pooling.mode, "stride": pooling.stride, "newline": pooling.newline},
-        sampling=sampling,
+        visual=VisualPolicy(image=ImagePolicy(single.pop("name"), single), video=video_policy),
         template=template or default_template(llm_type),
         max_length=cfg.get("tokenizer_model_max_length"),
     )

@@ -1,8 +1,9 @@
 """Adapters from the real ``OneVisionModel`` / ``OneVisionProcessor`` to the trainer's interfaces.
 
-The recipe's visual policy becomes the processor policy (``ProcessorConfig``) of the model being trained, so the
-data layer's geometry, the processor's placeholder runs and the model's packing are one policy; ``measure`` checks
-that the processor's per-media token counts equal the data layer's and fails loudly otherwise.
+The recipe's ``visual`` policy *is* the processor's ``ProcessorConfig.visual`` (one schema,
+:class:`onevision.policy.VisualPolicy`), so the data layer's geometry, the processor's placeholder runs and the
+model's packing read one policy; ``measure`` checks that the processor's per-media token counts equal the data
+layer's and fails loudly otherwise.
 """
 
 from __future__ import annotations
@@ -12,80 +13,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onevision.train.data import (
-    IMAGE_PLACEHOLDER,
-    DataError,
-    Measure,
-    Media,
-    MediaError,
-    Sample,
-    video_sampling,
-)
+from onevision.train.data import IMAGE_PLACEHOLDER, DataError, Measure, Media, MediaError, Sample
 from onevision.train.recipe import Recipe, RecipeError
 
 #: model -> its processor (the model object is what accelerate wraps; the processor travels beside it)
 _PROCESSORS: dict[int, Any] = {}
 
 
-def processor_config(recipe: Recipe, base: Any) -> Any:
-    """The recipe's visual policy as a ``ProcessorConfig`` (other fields kept from ``base``)."""
-    v = recipe.visual.video
-    sampling = video_sampling(v).to_dict()  # the data layer's spec: planning, loading and the model agree
-    video = {"mode": v.pool_mode, "stride": v.pool_stride, "newline": v.newline_position or "one_token"}
-    return dataclasses.replace(
-        base,
-        single_image=recipe.image_strategy("image").to_dict(),
-        multi_image=recipe.image_strategy("multi_image").to_dict(),
-        video=video,
-        sampling=sampling,
-        template=recipe.model.template,
-        label_mask=recipe.data.label_mask,
-    )
-
-
 def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
-    """``OneVisionModel`` from ``init_from`` (a native checkpoint), ``model.preset: tiny``, or component ids."""
+    """``OneVisionModel`` from ``init_from`` (a native checkpoint), else the model config the recipe describes
+    (:func:`onevision.train.model_config.recipe_model_config`: a named preset or component ids)."""
     try:
         from onevision.pipeline import from_config, load
-        from onevision.processor import OneVisionProcessor, resolve_processor_config
+        from onevision.policy import resolve_processor_config
+        from onevision.processor import OneVisionProcessor
     except ImportError as exc:  # pragma: no cover - the model package is part of onevision
         raise RecipeError(
             recipe.source, "model.builder", f"the onevision model is not available ({exc})"
         ) from None
     if init_from is not None:
         pipe = load(str(init_from))
-    elif recipe.model.preset == "tiny":
+    else:
         import torch
 
-        from onevision.testing import tiny_config, tiny_tokenizer
+        from onevision.train.model_config import recipe_model_config
 
+        config = recipe_model_config(recipe)
+        tokenizer = None
+        if not (config.llm.tokenizer or config.llm.pretrained):
+            from onevision.testing import tiny_tokenizer  # the offline tokenizer of configs without one
+
+            tokenizer = tiny_tokenizer()
         torch.manual_seed(recipe.seed)
-        pipe = from_config(
-            tiny_config(template=recipe.model.template, **recipe.model.options), tokenizer=tiny_tokenizer()
-        )
-    elif recipe.model.preset is not None:
-        raise RecipeError(
-            recipe.source, "model.preset", f"unknown preset {recipe.model.preset!r}; known: tiny"
-        )
-    else:
-        from onevision.config import LLMConfig, OneVisionConfig, ProjectorConfig, VisionConfig
-
-        opts = dict(recipe.model.options)
-        vision = VisionConfig.from_dict(
-            {
-                "pretrained": recipe.model.vision_tower,
-                "feature_layer": recipe.model.vision_select_layer,
-                **opts.pop("vision", {}),
-            }
-        )
-        llm = LLMConfig.from_dict({"pretrained": recipe.model.language_model, **opts.pop("llm", {})})
-        if opts:
-            raise RecipeError(
-                recipe.source, "model.options", f"unknown option(s) {sorted(opts)}; use vision, llm"
-            )
-        pipe = from_config(
-            OneVisionConfig(vision=vision, projector=ProjectorConfig(recipe.model.projector), llm=llm)
-        )
+        pipe = from_config(config, tokenizer=tokenizer)
     model = pipe.model
     info = model.vision_tower.info
     if (info.tile_size, info.patch_size) != (recipe.visual.tile_size, recipe.visual.patch_size):
@@ -95,10 +55,15 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
             f"the recipe says tile {recipe.visual.tile_size} / patch {recipe.visual.patch_size} but the "
             f"vision encoder has tile {info.tile_size} / patch {info.patch_size}",
         )
-    cfg = resolve_processor_config(processor_config(recipe, pipe.processor.config), info)
+    policy = dataclasses.replace(
+        pipe.processor.config,
+        visual=recipe.visual,
+        template=recipe.model.template,
+        label_mask=recipe.data.label_mask,
+    )
+    cfg = resolve_processor_config(policy, info)
     processor = OneVisionProcessor(pipe.processor.tokenizer, cfg, max_length=recipe.data.model_max_length)
-    model.config = dataclasses.replace(model.config, processor=processor.config)
-    model._pooling = None  # rebuilt from the new policy
+    model.config = dataclasses.replace(model.config, processor=processor.config)  # the model's policy follows
     model.train()
     _PROCESSORS[id(model)] = processor
     return model

@@ -42,7 +42,8 @@ import numpy as np
 import yaml
 
 from onevision.errors import DataError, MediaError, MediaPathError
-from onevision.train.recipe import Recipe, RecipeError, VideoPolicy
+from onevision.policy import VideoPolicy
+from onevision.train.recipe import Recipe, RecipeError
 
 if TYPE_CHECKING:
     import anyres
@@ -442,39 +443,20 @@ def _single_placeholder_first(turns: list[Turn], source: str) -> list[Turn]:
 
 
 def video_sampling(policy: VideoPolicy) -> video.Sampling:
-    """The recipe's frame rule (reference §6.1) as a ``video.Sampling``: one frame every
-    ``round(avg_fps / video_fps)`` (at least 1), then ``frames_upbound`` uniform frames (``linspace``, both ends) if
-    that gives more, or always with ``force_sample``; ``frames_upbound: 0`` means no cap. The model's processor
-    gets the same spec (:func:`onevision.train.adapters.processor_config`), so planning, loading and inference
-    pick identical frames."""
-    import video
-
-    return video.Sampling(
-        fps=policy.video_fps,
-        max_frames=policy.frames_upbound or None,
-        force_sample=policy.force_sample,
-    )
+    """The recipe's frame rule (reference §6.1) as a ``video.Sampling`` (:meth:`VideoPolicy.sampling`): one frame
+    every ``round(avg_fps / video_fps)`` (at least 1), then ``frames_upbound`` uniform frames (``linspace``, both
+    ends) if that gives more, or always with ``force_sample``; ``frames_upbound: 0`` means no cap. The model's
+    processor reads the same policy, so planning, loading and inference pick identical frames."""
+    return policy.sampling()
 
 
 def video_tokens(num_frames: int, policy: VideoPolicy, tile_size: int, patch_size: int) -> int:
-    """Visual tokens of a video (§2.8): pooled frames plus the newline layout of ``newline_position``."""
-    side = tile_size // patch_size
-    pooled = (
-        math.ceil(side / policy.pool_stride) if policy.pool_mode == "bilinear" else side // policy.pool_stride
-    )
-    per_frame = pooled * pooled
-    pos = policy.newline_position
-    if pos == "one_token":
-        return per_frame * num_frames + 1
-    if pos == "grid":
-        return pooled * (pooled + 1) * num_frames
-    if pos == "frame":
-        return (per_frame + 1) * num_frames
-    if pos == "no_token":
-        return per_frame * num_frames
-    raise DataError(
-        f"visual.video.newline_position must be set (one_token, grid, frame, no_token), got {pos!r}"
-    )
+    """Visual tokens of a video (§2.8): ``video.FramePooling.layout`` of the policy's pooling (the one formula)."""
+    if policy.newline_position is None:
+        raise DataError(
+            "visual.video.newline_position must be set (one_token, grid, frame, no_token), got None"
+        )
+    return policy.pooling(tile_size, patch_size).layout(num_frames).num_tokens
 
 
 def _media_error(exc: ValueError) -> MediaError:

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,12 @@ from typing import Any, Literal
 
 import yaml
 
-from onevision.errors import RecipeError
+from onevision import schema
+from onevision.config import AttnImplementation
+from onevision.errors import ConfigError, RecipeError
+from onevision.policy import ImagePolicy as ImagePolicy  # re-exported: the recipe's visual schema
+from onevision.policy import VideoPolicy as VideoPolicy
+from onevision.policy import VisualPolicy
 
 Modality = Literal["image", "multi_image", "video", "text"]
 ALL_MODALITIES: tuple[str, ...] = ("image", "multi_image", "video", "text")
@@ -50,50 +54,27 @@ MAX_YAML_NODES = 100_000
 
 @dataclass
 class ModelConfig:
-    """Which model to build and from what. ``builder`` is a registry key (see :mod:`onevision.train.build`)."""
+    """Which model to build and from what. ``builder`` is a registry key (see :mod:`onevision.train.build`).
+
+    The architecture is typed: ``vision_arch`` is an encoder family (``onevision.list_archs()``: ``siglip``,
+    ``clip``), ``llm_type`` a transformers causal-LM family (``onevision.list_llms()``), ``projector`` a projector
+    type (``onevision.list_projectors()``). The weights come from ``preset`` (a named model config,
+    ``onevision.list_models()``, whose architecture must agree with those fields) or from ``vision_tower`` and
+    ``language_model`` (hub ids or local directories). ``attn_implementation`` reaches both transformers models.
+    ``options`` is a partial model config (``vision`` / ``projector`` / ``llm`` mappings) merged last.
+    """
 
     builder: Literal["onevision"] = "onevision"
-    preset: str | None = None  # a named factory configuration, e.g. "tiny" (random weights, no download)
+    preset: str | None = None  # a named model config, e.g. "tiny" (random weights, no download)
     vision_tower: str | None = None  # hub id or local directory of the vision encoder
+    vision_arch: Literal["siglip", "clip"] | str = field(default="siglip", metadata=schema.OMIT_AT_DEFAULT)
     language_model: str | None = None  # hub id or local directory of the LLM
+    llm_type: Literal["qwen2", "llama"] | str = field(default="qwen2", metadata=schema.OMIT_AT_DEFAULT)
     projector: str = "mlp2x_gelu"
     vision_select_layer: int = -2
     template: Literal["plain", "qwen_1_5", "vicuna_v1", "llama_3"] = "qwen_1_5"
-    attn_implementation: str = "sdpa"
-    options: dict[str, Any] = field(default_factory=dict)  # forwarded verbatim to the model builder
-
-
-@dataclass
-class ImagePolicy:
-    """An ``anyres`` strategy by registry name plus its parameters (``anyres.get_strategy(strategy, **params)``)."""
-
-    strategy: str = "anyres_max_9"
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class VideoPolicy:
-    """Frame sampling (reference §6.1) and the per-frame token layout (§2.8)."""
-
-    frames_upbound: int = 32  # at most this many frames; 0 = no cap
-    video_fps: float = 1.0  # sample about this many frames per second before the cap
-    force_sample: bool = False  # always take exactly frames_upbound uniform frames
-    pool_mode: Literal["bilinear", "average", "max"] = "bilinear"
-    pool_stride: int = 2
-    newline_position: Literal["one_token", "grid", "frame", "no_token"] | None = (
-        None  # required if video is used
-    )
-
-
-@dataclass
-class VisualPolicy:
-    """Per-modality visual representation. ``tile_size``/``patch_size`` describe the encoder for every modality."""
-
-    tile_size: int = 384
-    patch_size: int = 14
-    image: ImagePolicy = field(default_factory=ImagePolicy)
-    multi_image: ImagePolicy = field(default_factory=lambda: ImagePolicy(strategy="pad"))
-    video: VideoPolicy = field(default_factory=VideoPolicy)
+    attn_implementation: AttnImplementation | None = "sdpa"
+    options: dict[str, Any] = field(default_factory=dict)  # a partial model config: vision / projector / llm
 
 
 @dataclass
@@ -251,9 +232,11 @@ class Recipe:
     ) -> str:
         """A short hash of the fields that define the training trajectory (resume refuses a mismatch).
 
-        The engine is excluded on purpose: the same recipe may resume under another number of processes.
+        The engine is excluded on purpose: the same recipe may resume under another number of processes. Fields
+        added to the schema later are left out while they hold their default (:func:`onevision.schema.fingerprint`),
+        so an unchanged recipe keeps its hash.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        d = {k: v for k, v in schema.fingerprint(self).items() if k not in ignore}
         d.get("train", {}).pop("max_steps", None)
         d.get("train", {}).pop("max_bad_steps", None)
         d.get("data", {}).pop("num_workers", None)
@@ -264,12 +247,8 @@ class Recipe:
         return self.train.micro_batch_size * self.train.grad_accum * self.engine.num_processes
 
     def image_strategy(self, modality: str = "image"):
-        """The ``anyres`` strategy for ``image`` or ``multi_image`` (built from the typed policy)."""
-        import anyres
-
-        policy = self.visual.image if modality == "image" else self.visual.multi_image
-        params = {"tile_size": self.visual.tile_size, "patch_size": self.visual.patch_size, **policy.params}
-        return anyres.get_strategy(policy.strategy, **params)
+        """The ``anyres`` strategy for ``image`` or ``multi_image`` (:meth:`VisualPolicy.strategy`)."""
+        return self.visual.strategy(modality)
 
     def component(self, name: str) -> ComponentConfig:
         return getattr(self.components, name)
@@ -573,103 +552,12 @@ def _origin(origins: Mapping[str, str], key: str) -> str | None:
 
 
 def _build(cls: type, data: Any, origins: Mapping[str, str], prefix: str) -> Any:
-    where = prefix.rstrip(".") or None
-    if not isinstance(data, Mapping):
-        raise RecipeError(_origin(origins, where or ""), where, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-            hint = (
-                f"; did you mean {prefix}{close[0]!s}?"
-                if close
-                else f"; valid keys here: {', '.join(fields)}"
-            )
-            raise RecipeError(_origin(origins, dotted), dotted, f"unknown key{hint}")
-        kwargs[key] = _convert(hints[key], value, origins, dotted)
-    return cls(**kwargs)
+    """:func:`onevision.schema.from_dict` with errors naming the recipe file that set each key."""
 
+    def error(key: str | None, message: str) -> RecipeError:
+        return RecipeError(_origin(origins, key or ""), key, message)
 
-def _convert(tp: Any, value: Any, origins: Mapping[str, str], key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
-    def fail(expected: str) -> RecipeError:
-        return RecipeError(_origin(origins, key), key, f"expected {expected}, got {value!r}")
-
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, origins, key)
-            except RecipeError as exc:
-                errors.append(exc)
-        raise errors[0] if len(errors) == 1 else fail(_describe(tp))
-    if origin is Literal:
-        if value in args:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(_origin(origins, key), key, f"must be one of {list(args)}, got {value!r}{hint}")
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            raise fail(f"a mapping for {tp.__name__}")
-        return _build(tp, value, origins, f"{key}.")
-    if tp is Any:
-        return value
-    if origin in (list, Sequence) or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        inner = args[0] if args else Any
-        return [_convert(inner, v, origins, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise fail("a mapping")
-        return {str(k): v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise fail("an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise fail("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail("a string")
-    raise fail(_describe(tp))  # pragma: no cover - schema uses only the types above
-
-
-def _describe(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return schema.from_dict(cls, data, prefix=prefix, error=error)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -730,6 +618,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "visual.video.frames_upbound": Range(0, integer=True, note="0 = no cap"),
     "visual.video.video_fps": _POSITIVE,
     "visual.video.pool_stride": _COUNT,
+    "visual.video.num_frames": Range(1, integer=True, note="or null for the fps rule"),
     **{f"components.{n}.lr": _POSITIVE for n in COMPONENTS},
     **{f"components.{n}.lr_scale": _POSITIVE for n in COMPONENTS},
     **{f"components.{n}.weight_decay": _NON_NEGATIVE for n in COMPONENTS},
@@ -789,8 +678,6 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
         source = _origin(origins, re.sub(r"\[\d+\]", "", key)) or recipe.source or None
         return RecipeError(source, key, msg)
 
-    import anyres
-
     if not recipe.name:
         raise err("name", "every recipe needs a name")
     if not recipe.output_dir:
@@ -802,9 +689,9 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             raise err(key, f"must be {rule.describe()}, got {value!r}")
     for mod in ("image", "multi_image"):
         try:
-            recipe.image_strategy(mod)
-        except (anyres.GeometryError, ValueError, TypeError) as exc:
-            raise err(f"visual.{mod}", f"invalid strategy: {exc}") from None
+            recipe.visual.strategy(mod)
+        except ConfigError as exc:
+            raise err(f"visual.{mod}", str(exc).removeprefix(f"visual.{mod}: ")) from None
     v = recipe.visual.video
     if "video" in recipe.data.modalities:
         if v.newline_position is None:
@@ -838,6 +725,7 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
         load_deepspeed_config(path, stage=int(e.backend[-1]))
     elif e.deepspeed_config is not None:
         raise err("engine.deepspeed_config", f"only used with backend zero2/zero3 (backend is {e.backend!r})")
+    _validate_model(recipe.model, err)
     if recipe.model.builder == "onevision" and not (
         recipe.model.preset or recipe.init_from or (recipe.model.vision_tower and recipe.model.language_model)
     ):
@@ -845,4 +733,23 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
             "model",
             "say where the model comes from: model.preset, init_from, or both model.vision_tower "
             "and model.language_model",
+        )
+
+
+def _validate_model(model: ModelConfig, err: Any) -> None:
+    """The model section's registry keys exist and its options are a partial model config."""
+    from onevision.archs import list_archs
+    from onevision.llm import list_llms
+
+    if model.vision_arch not in list_archs():
+        raise err(
+            "model.vision_arch", f"unknown encoder family {model.vision_arch!r}; registered: {list_archs()}"
+        )
+    if model.llm_type not in list_llms():
+        raise err("model.llm_type", f"unknown LLM family {model.llm_type!r}; registered: {list_llms()}")
+    unknown = sorted(set(model.options) - {"vision", "projector", "llm"})
+    if unknown:
+        raise err(
+            "model.options",
+            f"unknown key(s) {unknown}; options is a partial model config (vision, projector, llm)",
         )

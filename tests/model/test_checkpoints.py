@@ -36,8 +36,8 @@ def test_native_round_trip_is_exact_and_pickle_free(pipe, native_dir, image_a):
     assert not any(name.endswith((".bin", ".pt", ".pkl", ".pth")) for name in files)
     config = json.loads((native_dir / "config.json").read_text())
     assert config["format"] == "onevision" and config["vision"]["pretrained"] is None
-    assert config["processor"]["single_image"]["name"] == "anyres_max_9"
-    assert config["processor"]["single_image"]["tile_size"] == 64
+    assert config["processor"]["visual"]["image"]["strategy"] == "anyres_max_9"
+    assert config["processor"]["visual"]["tile_size"] == 64
     assert onevision.detect_format(str(native_dir)) == "onevision"
     from onevision.processor import OneVisionProcessor
 

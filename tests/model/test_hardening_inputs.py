@@ -16,6 +16,7 @@ from PIL import Image
 
 import anyres
 from onevision.config import ProcessorConfig
+from onevision.policy import ImagePolicy, VisualPolicy
 from onevision.processor import OneVisionProcessor
 from tests.model.conftest import PATCH, TILE, random_image
 
@@ -24,11 +25,18 @@ LIMIT = 100_000
 
 @pytest.fixture(scope="module")
 def processor(tokenizer) -> OneVisionProcessor:
-    geometry = {"tile_size": TILE, "patch_size": PATCH, "max_pixels": LIMIT}
-    config = ProcessorConfig(
-        single_image={"name": "anyres_max_9", **geometry}, multi_image={"name": "pad", **geometry}
+    return OneVisionProcessor(tokenizer, _config(LIMIT))
+
+
+def _config(max_pixels: int) -> ProcessorConfig:
+    limit = {"max_pixels": max_pixels}
+    visual = VisualPolicy(
+        tile_size=TILE,
+        patch_size=PATCH,
+        image=ImagePolicy("anyres_max_9", limit),
+        multi_image=ImagePolicy("pad", limit),
     )
-    return OneVisionProcessor(tokenizer, config)
+    return ProcessorConfig(visual=visual)
 
 
 def _count_within(processor: OneVisionProcessor, text: str, images: list, fifo: Path | None = None):
@@ -97,13 +105,7 @@ def test_count_tokens_is_not_preempted_by_pils_own_limit(tokenizer, tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # far below the image: PIL alone would refuse it
     path = tmp_path / "wide.png"
     random_image(400, 300, seed=3).save(path)
-    geometry = {"tile_size": TILE, "patch_size": PATCH, "max_pixels": 1_000_000}
-    proc = OneVisionProcessor(
-        tokenizer,
-        ProcessorConfig(
-            single_image={"name": "anyres_max_9", **geometry}, multi_image={"name": "pad", **geometry}
-        ),
-    )
+    proc = OneVisionProcessor(tokenizer, _config(1_000_000))
     expected = proc.count_tokens("<image>", images=[anyres.ImageSize(300, 400)]).visual
     assert proc.count_tokens("<image>", images=[str(path)]).visual == expected
     assert Image.MAX_IMAGE_PIXELS == 10_000

@@ -46,7 +46,7 @@ def test_count_tokens_from_sizes_files_and_conversations(pipe, tmp_path, image_a
     image_a.save(path)
     clip = write_counter_video(tmp_path / "v.mp4", num_frames=20, width=64, height=48)
     by_file = p.count_tokens("<image>\n<video>", images=[str(path)], videos=[str(clip)])
-    frames = p.policy.sampling["num_frames"]  # the policy's sampling (32 for an imported HF checkpoint)
+    frames = p.policy.sampling.num_frames  # the policy's sampling (32 for an imported HF checkpoint)
     assert [x.tokens for x in by_file.parts] == [724, frames * 16 + 1]
     assert p.count_tokens("<video>", videos=[str(clip)], num_frames=5).visual == 5 * 16 + 1
     for conv in (
@@ -236,7 +236,7 @@ def test_time_instruction_from_the_sampling_spec(pipe, tmp_path, frames8):
     from video.testing import write_counter_video
 
     p = pipe.processor
-    config = dataclasses.replace(p.config, sampling={"num_frames": 4, "time_instruction": True})
+    config = _with_video(p.config, num_frames=4, time_instruction=True)
     timed = type(p)(p.tokenizer, config, max_length=p.max_length)
     path = write_counter_video(tmp_path / "t.mp4", num_frames=30, width=64, height=48, fps=30)
     conv = [
@@ -264,7 +264,7 @@ def test_fps_policy_is_the_onevision_frame_rule(pipe, tmp_path):
     from video.testing import write_counter_video
 
     p = pipe.processor
-    config = dataclasses.replace(p.config, sampling={"fps": 1, "max_frames": 32})
+    config = _with_video(p.config, num_frames=None, video_fps=1, frames_upbound=32)
     ov = type(p)(p.tokenizer, config, max_length=p.max_length)
     want = video.Sampling(fps=1, max_frames=32)
     assert ov.policy.frame_sampling() == want
@@ -282,3 +282,9 @@ def test_fps_policy_is_the_onevision_frame_rule(pipe, tmp_path):
         assert ov.count_tokens("<video>", videos=[str(path)]).visual == inputs.video_layouts[0].num_tokens
     clip = video.load(long, want)
     assert clip.indices.tolist() == want.indices(200, 5.0).tolist()
+
+
+def _with_video(config, **video):
+    """``config`` with its visual policy's video fields replaced."""
+    visual = dataclasses.replace(config.visual, video=dataclasses.replace(config.visual.video, **video))
+    return dataclasses.replace(config, visual=visual)

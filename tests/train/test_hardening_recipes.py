@@ -14,6 +14,7 @@ import typing
 
 import pytest
 
+import onevision
 from onevision.cli import main
 from onevision.train.recipe import NUMERIC_RANGES, Recipe, RecipeError, list_recipes, load_recipe
 
@@ -261,4 +262,5 @@ def test_dry_run_exits_non_zero_when_the_model_builder_rejects_the_recipe(tmp_pa
     out, err = capsys.readouterr()
     assert out.startswith(f"# b ({base})") and "token budget:" in out  # what it could resolve is still shown
     assert "trainable parameters: invalid recipe" in out
-    assert err == f"onevision train: error: {base}: model.preset: unknown preset 'huge'; known: tiny\n"
+    known = ", ".join(onevision.list_models())  # the named model configs
+    assert err == f"onevision train: error: {base}: model.preset: unknown preset 'huge'; known: {known}\n"
