@@ -41,8 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--batch-window-ms",
         type=_non_negative,
-        default=10.0,
-        help="how long the oldest request waits for others to join its batch (default: 10)",
+        default=5.0,
+        help="how long the oldest request waits for others to join its batch (default: 5)",
+    )
+    g.add_argument(
+        "--max-batch-wait-ms",
+        type=_non_negative,
+        default=100.0,
+        help="how long it may wait while more requests are still arriving (media being checked; default: 100)",
     )
     g.add_argument(
         "--max-queue",
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         max_batch_size=args.max_batch_size,
         batch_window=args.batch_window_ms / 1000.0,
+        max_batch_wait=args.max_batch_wait_ms / 1000.0,
         max_queue=args.max_queue,
         request_timeout=args.request_timeout,
         default_max_tokens=args.default_max_tokens,

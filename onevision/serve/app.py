@@ -51,7 +51,8 @@ class ServeConfig:
     """Server limits and batching parameters (the ``onevision serve`` options)."""
 
     max_batch_size: int = 16
-    batch_window: float = 0.01  # seconds
+    batch_window: float = 0.005  # seconds
+    max_batch_wait: float = 0.1  # seconds, while more requests are arriving
     max_queue: int = 256
     request_timeout: float = 600.0  # seconds, queueing + generation
     default_max_tokens: int = 256
@@ -94,6 +95,7 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
                 pipe,
                 max_batch_size=config.max_batch_size,
                 batch_window=config.batch_window,
+                max_batch_wait=config.max_batch_wait,
                 max_queue=config.max_queue,
                 default_max_tokens=config.default_max_tokens,
                 max_model_len=config.max_model_len,
@@ -204,9 +206,10 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
                 )
             session = MediaSession(config.media, root=state["tmp"], client=state["client"])
             try:
-                messages = await _messages(req, session)
-                job = Job(messages, _options(req), stream=req.stream)
-                batcher.submit(job)
+                with batcher.arriving():
+                    messages = await _messages(req, session)
+                    job = Job(messages, _options(req), stream=req.stream)
+                    batcher.submit(job)
             except BaseException:
                 session.close()
                 raise

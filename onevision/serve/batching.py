@@ -4,8 +4,10 @@ One :class:`Batcher` per model owns one worker thread, and only that thread touc
 (token counting, generation, decoding): the tokenizer is not safe to call from several threads at once.
 
 * Requests wait in a bounded queue; a full queue refuses new ones at once (429 with ``Retry-After``).
-* The worker takes the oldest request and every queued request whose options can share its batch, waiting at
-  most ``batch_window`` seconds from the oldest request's arrival for more, up to ``max_batch_size``. Greedy
+* The worker takes the oldest request and every queued request whose options can share its batch, up to
+  ``max_batch_size``. It waits ``batch_window`` seconds from the oldest request's arrival for more, and longer
+  (up to ``max_batch_wait``) while requests for the model are still arriving (their media being fetched and
+  checked): a burst of concurrent requests becomes one batch, not a lone first request and then the rest. Greedy
   requests share a batch whatever their ``max_tokens`` and ``stop``; sampled requests share one when temperature,
   ``top_p`` and ``num_frames`` agree; a sampled request with a ``seed`` runs alone, so it reproduces
   ``pipe.chat(..., seed=...)``.
@@ -125,7 +127,8 @@ class Batcher:
         pipe: Any,
         *,
         max_batch_size: int = 16,
-        batch_window: float = 0.01,
+        batch_window: float = 0.005,
+        max_batch_wait: float = 0.1,
         max_queue: int = 256,
         default_max_tokens: int = 256,
         max_model_len: int | None = None,
@@ -139,6 +142,7 @@ class Batcher:
         self.pipe = pipe
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
+        self.max_batch_wait = max(batch_window, max_batch_wait)
         self.max_queue = max_queue
         self.default_max_tokens = default_max_tokens
         limits = [n for n in (pipe.processor.max_length, max_model_len) if n]
@@ -149,6 +153,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._closed = False
+        self._arriving = 0  # requests being prepared (media fetched and checked) that will be submitted
         self._thread = threading.Thread(target=self._loop, name=f"onevision-serve[{name}]", daemon=True)
 
     # -- used by the app (event loop thread) -----------------------------------------------------------------
@@ -162,6 +167,18 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's preparation: the worker may hold a batch open for it (see the module docs)."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def submit(self, job: Job) -> None:
         """Queue ``job``, or raise 429 (queue full) / 503 (shutting down) with ``Retry-After``."""
@@ -243,7 +260,9 @@ class Batcher:
                 first = self._queue[0]
                 key = first.key()
                 same = [j for j in self._queue if j.key() == key][: self.max_batch_size]
-                remaining = first.created + self.batch_window - time.monotonic()
+                now = time.monotonic()
+                until = first.created + (self.max_batch_wait if self._arriving else self.batch_window)
+                remaining = until - now
                 if len(same) >= self.max_batch_size or remaining <= 0 or self._closed:
                     for job in same:
                         self._queue.remove(job)
