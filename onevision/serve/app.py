@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from onevision.serve.batching import Batcher, GenOptions, Job, Result
+from onevision.serve.batching import Arrivals, Batcher, GenOptions, Job, Result
 from onevision.serve.media import MediaLimits, MediaSession
 from onevision.serve.metrics import CONTENT_TYPE, Metrics
 from onevision.serve.schema import (
@@ -74,6 +74,7 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
     metrics = Metrics()
     state: dict[str, Any] = {"batchers": {}, "tmp": None, "client": None, "loop": None, "draining": False}
     active: set[tuple[Batcher, Job]] = set()  # jobs whose clients are waiting
+    arrivals = Arrivals()
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -100,6 +101,7 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
                 default_max_tokens=config.default_max_tokens,
                 max_model_len=config.max_model_len,
                 metrics=metrics,
+                arrivals=arrivals,
             )
             batcher.start()
             state["batchers"][name] = batcher
@@ -185,34 +187,34 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
         start = time.monotonic()
         label = "-"  # metrics label: a served model's name only (clients cannot add series)
         try:
-            body = await _read_json(request, config.max_body_bytes)
-            req = parse_chat_request(body, media_limits=config.media.per_prompt)
-            batcher = state["batchers"].get(req.model)
-            if batcher is None:
-                raise _unknown_model(req.model, models)
-            label = req.model
-            if state["draining"]:
-                raise _shutting_down()
-            if (
-                batcher.context is not None
-                and req.max_tokens is not None
-                and req.max_tokens >= batcher.context
-            ):
-                raise bad_request(
-                    f"max_tokens {req.max_tokens} does not fit the model's context of {batcher.context} tokens "
-                    "(prompt included)",
-                    "max_tokens",
-                    "context_length_exceeded",
-                )
-            session = MediaSession(config.media, root=state["tmp"], client=state["client"])
-            try:
-                with batcher.arriving():
+            with arrivals():  # batches being formed may wait for this request
+                body = await _read_json(request, config.max_body_bytes)
+                req = parse_chat_request(body, media_limits=config.media.per_prompt)
+                batcher = state["batchers"].get(req.model)
+                if batcher is None:
+                    raise _unknown_model(req.model, models)
+                label = req.model
+                if state["draining"]:
+                    raise _shutting_down()
+                if (
+                    batcher.context is not None
+                    and req.max_tokens is not None
+                    and req.max_tokens >= batcher.context
+                ):
+                    raise bad_request(
+                        f"max_tokens {req.max_tokens} does not fit the model's context of {batcher.context} "
+                        "tokens (prompt included)",
+                        "max_tokens",
+                        "context_length_exceeded",
+                    )
+                session = MediaSession(config.media, root=state["tmp"], client=state["client"])
+                try:
                     messages = await _messages(req, session)
                     job = Job(messages, _options(req), stream=req.stream)
                     batcher.submit(job)
-            except BaseException:
-                session.close()
-                raise
+                except BaseException:
+                    session.close()
+                    raise
             active.add((batcher, job))
             deadline = start + config.request_timeout
             if req.stream:

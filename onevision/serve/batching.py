@@ -6,8 +6,9 @@ One :class:`Batcher` per model owns one worker thread, and only that thread touc
 * Requests wait in a bounded queue; a full queue refuses new ones at once (429 with ``Retry-After``).
 * The worker takes the oldest request and every queued request whose options can share its batch, up to
   ``max_batch_size``. It waits ``batch_window`` seconds from the oldest request's arrival for more, and longer
-  (up to ``max_batch_wait``) while requests for the model are still arriving (their media being fetched and
-  checked): a burst of concurrent requests becomes one batch, not a lone first request and then the rest. Greedy
+  (up to ``max_batch_wait``) while requests are still being received (body parsed, media fetched and checked) or while fewer requests wait than the largest of the last four batches held (counted from when the worker
+  became free): under steady concurrency a burst becomes one batch, not a lone first request and then the rest.
+  (When the load drops, the next few batches wait up to ``max_batch_wait`` before the expectation follows.) Greedy
   requests share a batch whatever their ``max_tokens`` and ``stop``; sampled requests share one when temperature,
   ``top_p`` and ``num_frames`` agree; a sampled request with a ``seed`` runs alone, so it reproduces
   ``pipe.chat(..., seed=...)``.
@@ -118,6 +119,33 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
 
 
+class Arrivals:
+    """Requests being received (body read and parsed, media fetched and checked) that will soon be submitted:
+    a batcher holds a batch open while there are any. One per app, shared by its models (a request's model is
+    known only once its body is parsed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._conds: list[threading.Condition] = []
+
+    def watch(self, cond: threading.Condition) -> None:
+        self._conds.append(cond)
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
+            for cond in self._conds:
+                with cond:
+                    cond.notify_all()
+
+
 class Batcher:
     """The queue and worker thread of one model (see the module docstring)."""
 
@@ -133,6 +161,7 @@ class Batcher:
         default_max_tokens: int = 256,
         max_model_len: int | None = None,
         metrics: Any = None,
+        arrivals: Arrivals | None = None,
     ):
         if max_batch_size < 1 or max_queue < 1 or default_max_tokens < 1 or batch_window < 0:
             raise ValueError(
@@ -153,7 +182,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._closed = False
-        self._arriving = 0  # requests being prepared (media fetched and checked) that will be submitted
+        self.arrivals = arrivals if arrivals is not None else Arrivals()
+        self.arrivals.watch(self._cond)
+        self._recent: collections.deque[int] = collections.deque([1], maxlen=4)  # the latest batch sizes
         self._thread = threading.Thread(target=self._loop, name=f"onevision-serve[{name}]", daemon=True)
 
     # -- used by the app (event loop thread) -----------------------------------------------------------------
@@ -167,18 +198,6 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
-
-    @contextlib.contextmanager
-    def arriving(self):
-        """Around a request's preparation: the worker may hold a batch open for it (see the module docs)."""
-        with self._cond:
-            self._arriving += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._arriving -= 1
-                self._cond.notify_all()
 
     def submit(self, job: Job) -> None:
         """Queue ``job``, or raise 429 (queue full) / 503 (shutting down) with ``Retry-After``."""
@@ -250,6 +269,7 @@ class Batcher:
                 self._gauge("running", 0)
 
     def _take(self) -> list[Job] | None:
+        free = time.monotonic()  # the worker is free from now: a held batch waits from here at most
         with self._cond:
             while True:
                 if not self._queue:
@@ -260,13 +280,17 @@ class Batcher:
                 first = self._queue[0]
                 key = first.key()
                 same = [j for j in self._queue if j.key() == key][: self.max_batch_size]
-                now = time.monotonic()
-                until = first.created + (self.max_batch_wait if self._arriving else self.batch_window)
-                remaining = until - now
+                expected = min(max(self._recent), self.max_batch_size)  # as many are likely to come again
+                hold = self.arrivals.count > 0 or len(same) < expected
+                if hold:  # from when the worker became free: a request queued long ago does not end the wait
+                    remaining = max(first.created, free) + self.max_batch_wait - time.monotonic()
+                else:
+                    remaining = first.created + self.batch_window - time.monotonic()
                 if len(same) >= self.max_batch_size or remaining <= 0 or self._closed:
                     for job in same:
                         self._queue.remove(job)
                     self._gauge_queue()
+                    self._recent.append(len(same))
                     return same
                 self._cond.wait(remaining)
 
