@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,8 @@ def create_app(models: Mapping[str, Any], config: ServeConfig | None = None) -> 
             deadline = start + config.request_timeout
             if req.stream:
                 events = _stream(batcher, job, req, session, deadline, start)
+                # a stream the server never starts (the client left first) still frees its job and files
+                weakref.finalize(events, _release, batcher, job, session, active)
                 return StreamingResponse(
                     events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
@@ -419,6 +422,12 @@ async def _disconnected(request: Any) -> None:
         message = await request.receive()
         if message.get("type") == "http.disconnect":
             return
+
+
+def _release(batcher: Batcher, job: Job, session: MediaSession, active: set) -> None:
+    batcher.cancel(job)  # a no-op for a finished job
+    active.discard((batcher, job))
+    session.close()
 
 
 def _sse(obj: Mapping[str, Any]) -> str:
