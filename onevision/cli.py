@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "chat": "onevision.commands.chat:register",
     "convert": "onevision.commands.convert:register",
     "demo": "onevision.commands.demo:register",
+    "serve": "onevision.commands.serve:register",
 }
 
 

@@ -400,6 +400,7 @@ class OneVisionModel(nn.Module):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         streamer: Any = None,
+        stopping_criteria: Any = None,
         seed: int | None = None,
         labels: Any = None,
         **generate_kwargs: Any,
@@ -407,7 +408,8 @@ class OneVisionModel(nn.Module):
         """New tokens ``[B, <= max_new_tokens]`` (KV cache; greedy when ``temperature == 0``, else sampling).
 
         Batches must be left-padded (the processor's default). ``streamer`` is a transformers streamer (``put``
-        / ``end``); other keyword arguments go to transformers' ``generate``.
+        / ``end``); ``stopping_criteria`` a transformers ``StoppingCriteriaList`` (it may end single rows: it
+        returns one flag per row); other keyword arguments go to transformers' ``GenerationConfig``.
         """
         from transformers import GenerationConfig
 
@@ -441,6 +443,7 @@ class OneVisionModel(nn.Module):
             attention_mask=attention_mask,
             generation_config=GenerationConfig(**params),
             streamer=streamer,
+            stopping_criteria=stopping_criteria,
         )
 
 
