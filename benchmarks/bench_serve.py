@@ -3,7 +3,7 @@ through ``Pipeline.generate``, measured in one run.
 
     python benchmarks/bench_serve.py [--requests 96] [--new-tokens 64] [--rounds 3] [--threads 1]
 
-The tiny model (``onevision.tiny_pipeline(seed=0)``, saved to a temporary directory) answers ``--requests``
+The tiny model (``onevision.testing.tiny_pipeline(seed=0)``, saved to a temporary directory) answers ``--requests``
 greedy requests, alternately text-only and about one small image (sent as a base64 ``data:`` URL), each for
 ``--new-tokens`` tokens at most. The reference is ``pipe.generate`` called once per request, sequentially, in this
 process. The server runs as a subprocess (``onevision serve --max-batch-size 16``) with the same number of torch
@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import onevision  # noqa: E402
+import onevision.testing  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 TARGET = 3.0
@@ -151,7 +152,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="onevision-bench-serve-") as tmp:
         folder = Path(tmp)
-        onevision.tiny_pipeline(seed=0).save(str(folder / "tiny"))
+        onevision.testing.tiny_pipeline(seed=0).save(str(folder / "tiny"))
         pipe = onevision.load(str(folder / "tiny"))
         requests = make_requests(folder, args.requests)
         bodies = [body(p, img, args.new_tokens) for p, img in requests]

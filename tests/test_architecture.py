@@ -66,7 +66,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("pipeline", ("onevision.pipeline", "onevision.testing")),
     ("train", ("onevision.train",)),
-    ("application", ("onevision.demo", "onevision.web", "onevision.commands", "onevision.cli")),
+    (
+        "application",
+        ("onevision.serve", "onevision.demo", "onevision.web", "onevision.commands", "onevision.cli"),
+    ),
     # the top-level package re-exports the public API lazily; only it may name every layer
     ("facade", ("onevision",)),
 ]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import onevision
+import onevision.testing
 from onevision.serve import MediaLimits, ServeConfig, create_app
 from onevision.serve.app import bind
 
@@ -26,7 +27,7 @@ PER_PROMPT = {"image": 3, "video": 1}
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("serve-model") / "tiny"
-    onevision.tiny_pipeline(seed=0).save(str(d))
+    onevision.testing.tiny_pipeline(seed=0).save(str(d))
     return d
 
 
