@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "chat": "onevision.commands.chat:register",
     "convert": "onevision.commands.convert:register",
     "demo": "onevision.commands.demo:register",
+    "eval": "onevision.commands.eval:register",
 }
 
 
