@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "convert": "onevision.commands.convert:register",
     "demo": "onevision.commands.demo:register",
     "serve": "onevision.commands.serve:register",
+    "eval": "onevision.commands.eval:register",
 }
 
 

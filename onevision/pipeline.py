@@ -102,6 +102,31 @@ class Pipeline(Bundle):
             raise InputError("a request needs 'messages' or 'prompt'")
         return [{"role": "user", "content": r["prompt"]}], images, videos
 
+    def prompt_sample(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        images: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
+        *,
+        num_frames: int | None = None,
+    ) -> dict[str, Any]:
+        """The unbatched model inputs (``input_ids`` + visual inputs, no labels) that :meth:`chat` answers after:
+        the conversation, its media and the generation prompt, built as :meth:`chat` builds them. For scoring
+        continuations (log-likelihoods, e.g. ``onevision.eval``)."""
+        msgs, _, _ = normalize_messages(
+            messages, image_token=self.processor.image_token, video_token=self.processor.video_token
+        )
+        if msgs and msgs[-1].role == "assistant":
+            raise InputError("the conversation already ends with an assistant turn")
+        sample = self.processor.build_sample(
+            _with_media(messages, images or (), videos or ()),
+            add_generation_prompt=True,
+            num_frames=num_frames,
+            tags_in_text=False,  # only media parts are slots; typed tags are text
+        )
+        sample.pop("labels", None)
+        return sample
+
     def _inputs(self, requests: Sequence[tuple[Any, Any, Any]], num_frames: int | None):
         samples = []
         for messages, images, videos in requests:

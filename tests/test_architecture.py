@@ -68,7 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("onevision.train",)),
     (
         "application",
-        ("onevision.serve", "onevision.demo", "onevision.web", "onevision.commands", "onevision.cli"),
+        ("onevision.serve", "onevision.eval", "onevision.demo", "onevision.web", "onevision.commands", "onevision.cli"),
     ),
     # the top-level package re-exports the public API lazily; only it may name every layer
     ("facade", ("onevision",)),

@@ -147,7 +147,7 @@ def write_counter_video(
         if time_base is not None:
             stream.time_base = time_base
             stream.codec_context.time_base = time_base
-        if rotation:
+        if rotation and hasattr(stream, "set_display_rotation"):  # PyAV >= 16; older: the tkhd matrix below
             stream.set_display_rotation(rotation)
         stream.options = codec_options
         buffer = np.empty((height * 3 // 2, width), dtype=np.uint8)
@@ -171,7 +171,40 @@ def write_counter_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        patch_rotation = bool(rotation) and not hasattr(stream, "set_display_rotation")
+    if patch_rotation:
+        _set_tkhd_rotation(path, int(rotation))
     return path
+
+
+def _set_tkhd_rotation(path: Path, degrees: int) -> None:
+    """Write FFmpeg's display matrix for ``degrees`` (``av_display_rotation_set``) into the video track's
+    ``tkhd``, as FFmpeg's MP4/MOV muxer does for a stream's display matrix (PyAV < 16 cannot set one)."""
+    import math
+    import struct
+
+    from video._mp4 import _boxes
+
+    data = bytearray(path.read_bytes())
+    moov = next(((s, e) for kind, s, e in _boxes(data) if kind == b"moov"), None)
+    if moov is None:
+        raise ValueError(f"{path}: rotation needs an MP4/MOV container with PyAV < 16 (no moov box)")
+    for kind, start, end in _boxes(data, *moov):
+        if kind != b"trak":
+            continue
+        boxes = {k: (s, e) for k, s, e in _boxes(data, start, end)}
+        mdia = boxes.get(b"mdia")
+        handlers = [data[s + 8 : s + 12] for k, s, e in _boxes(data, *mdia) if k == b"hdlr"] if mdia else []
+        if b"tkhd" not in boxes or handlers != [b"vide"]:
+            continue
+        tkhd = boxes[b"tkhd"][0]
+        offset = tkhd + (52 if data[tkhd] == 1 else 40)
+        radians = math.radians(degrees)
+        c, s = round(math.cos(radians) * 65536), round(math.sin(radians) * 65536)
+        struct.pack_into(">9i", data, offset, c, -s, 0, s, c, 0, 0, 0, 1 << 30)
+        path.write_bytes(bytes(data))
+        return
+    raise ValueError(f"{path}: no video track to rotate")
 
 
 def write_counter_gif(

@@ -37,8 +37,8 @@ def web_server(model_dir):
 
 @pytest.fixture(scope="module")
 def page(web_server):
-    from onevision.web import serve_page
     from onevision.serve.app import bind
+    from onevision.web import serve_page
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
