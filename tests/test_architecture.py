@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 700
 
 #: Modules allowed over MAX_LINES (the test fails once one drops under it, so the list only shrinks).
-OVERSIZE_ALLOWED = {"onevision/train/recipe.py", "onevision/train/data.py"}
+OVERSIZE_ALLOWED: set[str] = set()
 
 #: The layers, lowest first. A module may import only from its own layer or lower ones. Each entry names a module
 #: or a package (covering everything under it; the longest entry that matches a module wins).
@@ -68,7 +68,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("onevision.train",)),
     (
         "application",
-        ("onevision.serve", "onevision.eval", "onevision.demo", "onevision.web", "onevision.commands", "onevision.cli"),
+        (
+            "onevision.serve",
+            "onevision.eval",
+            "onevision.demo",
+            "onevision.web",
+            "onevision.commands",
+            "onevision.cli",
+        ),
     ),
     # the top-level package re-exports the public API lazily; only it may name every layer
     ("facade", ("onevision",)),

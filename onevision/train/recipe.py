@@ -38,14 +38,12 @@ from onevision.errors import ConfigError, RecipeError
 from onevision.policy import ImagePolicy as ImagePolicy  # re-exported: the recipe's visual schema
 from onevision.policy import VideoPolicy as VideoPolicy
 from onevision.policy import VisualPolicy
+from onevision.train.yaml_safe import MAX_YAML_NODES, _parse_yaml, load_yaml  # noqa: F401 (re-exported)
 
 Modality = Literal["image", "multi_image", "video", "text"]
 ALL_MODALITIES: tuple[str, ...] = ("image", "multi_image", "video", "text")
 COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "newline")
 _REQUIRED = object()
-
-#: the most YAML nodes one recipe file or override value may expand to, every alias use counted in full
-MAX_YAML_NODES = 100_000
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,81 +371,6 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, _parse_yaml(raw, "command line", prefix=f"{key}.")
     except yaml.YAMLError as exc:
         raise RecipeError("command line", key, f"cannot parse value {raw!r} as YAML ({exc})") from None
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """One YAML document through PyYAML's safe loader, refusing duplicate keys and alias bombs.
-
-    ``source`` names the text in errors (``file:LINE`` for a duplicate key). Raises :class:`RecipeError` for
-    invalid YAML, a key repeated in one mapping, a self-referencing alias and a document that expands to more
-    than :data:`MAX_YAML_NODES` nodes.
-    """
-    try:
-        return _parse_yaml(text, source)
-    except yaml.YAMLError as exc:
-        raise RecipeError(source, None, f"invalid YAML ({exc})") from None
-
-
-def _parse_yaml(text: str, source: str, *, prefix: str = "") -> Any:
-    """:func:`load_yaml` that lets PyYAML's own syntax errors through (``prefix`` starts every dotted key)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_nodes(node, source, prefix)
-        return loader.construct_document(node)
-    except RecursionError:
-        raise RecipeError(source, prefix.rstrip(".") or None, "YAML nested too deeply") from None
-    finally:
-        loader.dispose()
-
-
-def _check_nodes(root: yaml.Node, source: str, prefix: str) -> None:
-    """Count the expanded size of the node graph (each node once, memoised) and look for duplicate keys."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-    lines = source != "command line"
-
-    def where(node: yaml.Node) -> str:
-        return f"{source}:{node.start_mark.line + 1}" if lines else source
-
-    def visit(node: yaml.Node, path: str) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in active:
-            raise RecipeError(where(node), path or None, "an alias refers to the node that contains it")
-        active.add(id(node))
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, yaml.Node] = {}
-            for key_node, value_node in node.value:
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                dotted = f"{path}.{name}" if path else str(name)
-                if name is not None and key_node.tag != "tag:yaml.org,2002:merge":
-                    if name in seen:
-                        first = seen[name].start_mark.line + 1
-                        err = RecipeError(
-                            where(key_node), None, f"duplicate key {dotted!r} (first at line {first})"
-                        )
-                        err.key = dotted
-                        raise err
-                    seen[name] = key_node
-                total += visit(key_node, dotted) + visit(value_node, dotted)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(visit(child, f"{path}[{i}]") for i, child in enumerate(node.value))
-        active.discard(id(node))
-        if total > MAX_YAML_NODES:
-            raise RecipeError(
-                source,
-                path or None,
-                f"expands to more than {MAX_YAML_NODES:,} YAML nodes through anchors and aliases (an alias "
-                "bomb?); write the values out or use fewer aliases",
-            )
-        sizes[id(node)] = total
-        return total
-
-    visit(root, prefix.rstrip("."))
 
 
 def _load_with_extends(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
