@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from onevision.archs import hf_vision_arches
+from onevision.archs import get_arch, hf_vision_arches
 from onevision.bundle import Bundle, restore_bundle
 from onevision.checkpoints.io import read_config, read_state_dict, write_json, write_state_dict
 from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
@@ -89,10 +89,12 @@ def hf_to_config(
     if arch is None:
         raise UnknownComponentError("HF vision model_type", vc.model_type, hf_vision_arches())
     strategy = hf.vision_feature_select_strategy
-    if (arch, strategy) not in (("siglip", "full"), ("clip", "default")):
+    # the family's declared feature rule: a tower with a CLS token drops it ('default'), one without keeps all
+    expected = "default" if get_arch(arch).has_cls else "full"
+    if strategy != expected:
         raise ConfigError(
             f"vision_feature_select_strategy={strategy!r} with a {arch} tower is not supported "
-            "(SigLIP uses 'full', CLIP 'default')"
+            f"({arch} declares {'a' if expected == 'default' else 'no'} CLS token: {expected!r})"
         )
     if not isinstance(hf.vision_feature_layer, int):
         raise ConfigError(
