@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -270,6 +271,13 @@ def iter_eval(root: str | os.PathLike) -> Iterator[dict]:
         if path.is_file():
             with open(path) as fh:
                 yield from (json.loads(line) for line in fh if line.strip())
+
+
+def eval_question(record: dict) -> str:
+    """The question of a held-out record as a user asks it: the data format's leading media tags (``<image>`` /
+    ``<video>``, one per item, then a newline) removed, since the media go in as message parts. (Typed into a
+    prompt, a tag is plain text, not a media slot.)"""
+    return re.sub(r"^(?:<image>|<video>)+\n", "", record["conversations"][0]["value"])
 
 
 def corpus(root: str | os.PathLike) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onevision.demo.data import ANSWERS, DemoDataSpec, corpus, generate, iter_eval
+from onevision.demo.data import ANSWERS, DemoDataSpec, corpus, eval_question, generate, iter_eval
 
 STAGES = ("stage1", "stage1_5", "stage2_si", "stage2_ov")
 #: which mixture of the generated data each stage trains on
@@ -128,7 +128,7 @@ def evaluate(model_dir: Path, data_root: Path, batch_size: int = 16) -> list[dic
         chunk = records[start : start + batch_size]
         requests = []
         for r in chunk:
-            question = r["conversations"][0]["value"]
+            question = eval_question(r)
             if "video" in r:
                 requests.append({"prompt": question, "videos": [str(data_root / "videos" / r["video"])]})
             else:

@@ -26,7 +26,7 @@ TASK_FOLDER = "onevision_demo"
 
 def demo_documents(data_root: str | os.PathLike) -> list[dict[str, Any]]:
     """Every held-out question of a generated demo dataset as a task document (absolute media paths)."""
-    from onevision.demo.data import ANSWERS, QUESTIONS, iter_eval
+    from onevision.demo.data import ANSWERS, QUESTIONS, eval_question, iter_eval
 
     root = Path(data_root).resolve()
     docs = []
@@ -40,7 +40,7 @@ def demo_documents(data_root: str | os.PathLike) -> list[dict[str, Any]]:
                 "group": f"{modality}_{kind}",
                 "modality": modality,
                 "question_type": r["question_type"],
-                "question": r["conversations"][0]["value"],
+                "question": eval_question(r),
                 "answer": r["conversations"][1]["value"],
                 "choices": list(ANSWERS[r["question_type"]]),
                 "images": [str(root / "images" / name) for name in images],

@@ -3,7 +3,7 @@
 * ``demo``: a generated demo dataset (a few held-out questions per row of the demo's table) and the demo's tiny
   model with random weights, laid out as ``onevision demo`` lays them out (``data/``, ``runs/random``).
 * ``demo_tasks``: the shipped ``onevision_demo`` tasks prepared from that data (lmms-eval ``--include_path``).
-* ``tiny_dir``: ``onevision.tiny_pipeline()`` saved as a native checkpoint, with ``media`` to ask about.
+* ``tiny_dir``: ``onevision.testing.tiny_pipeline()`` saved as a native checkpoint, with ``media`` to ask about.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def demo_tasks(demo, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    import onevision
+    import onevision.testing
 
     d = tmp_path_factory.mktemp("tiny-model")
-    onevision.tiny_pipeline(seed=0).save(str(d))
+    onevision.testing.tiny_pipeline(seed=0).save(str(d))
     return d
 
 
