@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--template", default=None, help="chat template to record (default: by LLM family)")
     p.add_argument(
-        "--force", action="store_true", help="export to HF even if token counts may differ (llava rounding)"
+        "--force",
+        action="store_true",
+        help="export to HF even where token counts may differ: llava rounding (transformers, vLLM, SGLang), or "
+        "an anyres_max_N cap with N != 9 (vLLM and SGLang hard-code 9)",
     )
     p.add_argument(
         "--overwrite",
