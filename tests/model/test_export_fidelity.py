@@ -223,3 +223,72 @@ def test_transformers_counts_exactly_our_visual_tokens_for_what_export_writes(te
         n_ours = int((ours.input_ids == image_id).sum())
         assert n_ours == ours.image_layouts[0].num_tokens
         assert int((theirs["input_ids"] == image_id).sum()) == n_ours, (width, height)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original LLaVA-NeXT / OneVision export
+
+
+def _tensors(directory):
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_original_round_trip_is_bit_identical(hf_dir, hf_model, tokenizer, tmp_path, image_a):
+    import onevision
+    from onevision.checkpoints import export_original
+    from onevision.cli import main
+    from tests.model.test_parity_hf import write_original_checkpoint
+
+    src = write_original_checkpoint(hf_dir, hf_model, tokenizer, tmp_path / "orig")
+    pipe = onevision.load(str(src))
+    export_original(pipe, tmp_path / "back")
+    assert onevision.detect_format(str(tmp_path / "back")) == "original"
+    before, after = _tensors(src), _tensors(tmp_path / "back")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    original = json.loads((src / "config.json").read_text())
+    for field in (
+        "architectures",
+        "mm_projector_type",
+        "image_aspect_ratio",
+        "image_grid_pinpoints",
+        "mm_hidden_size",
+    ):
+        assert config[field] == original[field], field
+    assert config["mm_vision_tower"] == "vision_tower"  # its config ships inside the checkpoint
+    tower = json.loads((tmp_path / "back" / "vision_tower" / "config.json").read_text())
+    assert tower["num_hidden_layers"] == 3  # 2 blocks in the weights + the one the reference deletes on load
+    # through the command line and the native format: original -> onevision -> original
+    assert main(["convert", str(src), str(tmp_path / "native")]) == 0
+    assert main(["convert", str(tmp_path / "native"), str(tmp_path / "again"), "--to", "original"]) == 0
+    again = _tensors(tmp_path / "again")
+    assert before.keys() == again.keys() and all(torch.equal(before[k], again[k]) for k in before)
+    reloaded = onevision.load(str(tmp_path / "again"))
+    assert reloaded.processor.policy.single_image.rounding == "llava"
+    text = "<|im_start|>user\n<image>\nWhat?<|im_end|>\n<|im_start|>assistant\n"
+    ours, theirs = (
+        pipe.processor(text=text, images=[image_a]),
+        reloaded.processor(text=text, images=[image_a]),
+    )
+    assert torch.equal(ours.input_ids, theirs.input_ids)
+    with torch.no_grad():
+        assert torch.equal(pipe.model(**ours).logits, reloaded.model(**theirs).logits)
+
+
+def test_original_export_refuses_what_the_reference_counts_differently(tmp_path):
+    from onevision.checkpoints import export_original
+    from onevision.errors import ExportError
+    from onevision.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()  # rounding="hf"
+    with pytest.raises(ExportError, match="rounding"):
+        export_original(pipe, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    export_original(pipe, tmp_path / "forced", force=True)
+    before = pipe.model.checkpoint_state_dict()
+    after = _tensors(tmp_path / "forced")
+    assert len(before) == len(after)
+    assert torch.equal(after["model.mm_projector.0.weight"], before["projector.0.weight"])
