@@ -246,7 +246,10 @@ def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
     if (single.tile_size // single.patch_size) ** 2 != enc.info.tokens_per_tile:
         problems.append("num_image_tokens does not equal (image_size // patch_size)**2")
     if problems:
-        raise ExportError("cannot export to HF llava_onevision: " + "; ".join(problems))
+        raise ExportError(
+            "cannot export to HF llava_onevision (the config transformers, vLLM and SGLang read): "
+            + "; ".join(problems)
+        )
     vision = {
         k: v for k, v in enc.hf_config.to_dict().items() if k not in ("transformers_version", "architectures")
     }

@@ -292,3 +292,25 @@ def test_original_export_refuses_what_the_reference_counts_differently(tmp_path)
     after = _tensors(tmp_path / "forced")
     assert len(before) == len(after)
     assert torch.equal(after["model.mm_projector.0.weight"], before["projector.0.weight"])
+
+
+@pytest.mark.parametrize("change", ["hd", "average_pooling", "stride_3"])
+def test_representations_the_engines_cannot_count_are_refused_even_with_force(change, tmp_path):
+    from onevision.checkpoints import export_hf
+    from onevision.errors import ExportError
+    from onevision.pipeline import from_config
+    from onevision.testing import tiny_config, tiny_tokenizer
+
+    config = tiny_config()
+    visual = config.processor.visual
+    if change == "hd":
+        config = _with_single_image(config, "hd")
+    else:
+        pooling = {"pool_mode": "average"} if change == "average_pooling" else {"pool_stride": 3}
+        visual = dataclasses.replace(visual, video=dataclasses.replace(visual.video, **pooling))
+        config = dataclasses.replace(config, processor=dataclasses.replace(config.processor, visual=visual))
+    pipe = from_config(config, tokenizer=tiny_tokenizer())
+    for force in (False, True):
+        with pytest.raises(ExportError, match="vLLM and SGLang") as err:
+            export_hf(pipe, tmp_path / str(force), force=force)
+        assert ("strategy 'hd'" if change == "hd" else "video pooling") in str(err.value)
