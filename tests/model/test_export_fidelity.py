@@ -223,6 +223,16 @@ def test_transformers_counts_exactly_our_visual_tokens_for_what_export_writes(te
         n_ours = int((ours.input_ids == image_id).sum())
         assert n_ours == ours.image_layouts[0].num_tokens
         assert int((theirs["input_ids"] == image_id).sum()) == n_ours, (width, height)
+    pair = [random_image(w, h, seed=w + h) for w, h in ((33, 700), (1920, 64))]  # multi-image: pad + newline
+    ours = pipe.processor(text="<image><image>", images=pair)
+    theirs = hf(text="<image><image>", images=[pair], return_tensors="pt")
+    assert int((theirs["input_ids"] == image_id).sum()) == int((ours.input_ids == image_id).sum()) == 130
+    video_id = pipe.processor.video_token_id
+    for frames in (1, 8, 13):
+        clip = (torch.rand(frames, 48, 80, 3) * 255).to(torch.uint8).numpy()
+        ours = pipe.processor(text="<video>", videos=[clip])
+        theirs = hf(text="<video>", videos=[clip], return_tensors="pt")
+        assert int((theirs["input_ids"] == video_id).sum()) == int((ours.input_ids == video_id).sum()), frames
 
 
 # ----------------------------------------------------------------------------------------------------------------
