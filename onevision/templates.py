@@ -12,6 +12,7 @@ re-tokenising or searching strings. Exact prompts (inference, one user question 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -145,6 +146,15 @@ class ChatTemplate:
     unmask_everywhere: tuple[str, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: builds the Jinja twin of ``renderer`` (``jinja(template, image_token, video_token) -> str``)
+    jinja: Callable[[ChatTemplate, str, str], str] | None = None
+
+    def to_jinja(self, image_token: str = "<image>", video_token: str = "<video>") -> str:
+        """A Jinja chat template (transformers ``apply_chat_template``, vLLM, SGLang) that renders exactly the
+        string :meth:`prompt` renders for the same messages, default system prompt included."""
+        if self.jinja is None:
+            raise UnknownComponentError("Jinja form of chat template", self.name, [])
+        return _jinja_prelude(self, image_token, video_token) + self.jinja(self, image_token, video_token)
 
     def render(self, messages: Iterable[Message], add_generation_prompt: bool = False) -> list[Segment]:
         msgs = list(messages)
@@ -267,6 +277,111 @@ def _render_plain(t: ChatTemplate, msgs: list[Message], gen: bool) -> list[Segme
     return segs
 
 
+# -- Jinja twins of the renderers (for exported checkpoints) ---------------------------------------------------
+# Every piece of literal text is a Jinja string expression, so transformers' trim_blocks / lstrip_blocks cannot
+# change it; json.dumps gives a literal Jinja reads back unchanged (it unescapes \\n and \\uXXXX).
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)
+
+
+def _out(text: str) -> str:
+    return "{{ " + _q(text) + " }}"
+
+
+def _jinja_prelude(t: ChatTemplate, image: str, video: str) -> str:
+    """Shared macros: ``text(m)`` is the message text as :func:`normalize_messages` builds it (media parts become
+    ``<image>\\n`` / ``<video>\\n``), ``role(m)`` its normalised role; ``system`` / ``turns`` split as
+    :func:`_split_system` does."""
+    aliases = "{" + ", ".join(f"{_q(k)}: {_q(v)}" for k, v in _ROLE_ALIASES.items()) + "}"
+    default = "none" if t.default_system is None else _q(t.default_system)
+    return (
+        f"{{% set image = {_q(image)} %}}{{% set video = {_q(video)} %}}{{% set aliases = {aliases} %}}"
+        "{% macro text(m) %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% for p in m['content'] %}{% if p['type'] == 'image' %}{{ image ~ '\\n' }}"
+        "{% elif p['type'] == 'video' %}{{ video ~ '\\n' }}{% elif p['type'] == 'text' %}{{ p['text'] }}"
+        "{% else %}{{ raise_exception('unknown content part type ' ~ p['type'] ~ ' (text, image, video)') }}"
+        "{% endif %}{% endfor %}{% endif %}{% endmacro %}"
+        "{% macro role(m) %}{% if m['role'] not in aliases %}"
+        "{{ raise_exception('unknown role ' ~ m['role'] ~ '; use system/user/assistant (or human/gpt)') }}"
+        "{% endif %}{{ aliases[m['role']] }}{% endmacro %}"
+        "{% if role(messages[0]) == 'system' %}{% set system = text(messages[0]) %}{% set turns = messages[1:] %}"
+        f"{{% else %}}{{% set system = {default} %}}{{% set turns = messages %}}{{% endif %}}"
+    )
+
+
+_NO_LATE_SYSTEM = (
+    "{% if r == 'system' %}{{ raise_exception('a system message is only allowed first') }}{% endif %}"
+)
+
+
+def _jinja_chatml(t: ChatTemplate, image: str, video: str) -> str:
+    return (
+        "{% if system is not none %}"
+        + _out("<|im_start|>system\n")
+        + "{{ system }}"
+        + _out("<|im_end|>\n")
+        + "{% endif %}{% for m in turns %}{% set r = role(m) %}"
+        + _NO_LATE_SYSTEM
+        + "{{ '<|im_start|>' ~ r ~ '\\n' }}{{ text(m) }}"
+        + _out("<|im_end|>\n")
+        + "{% endfor %}"
+        + "{% if add_generation_prompt %}"
+        + _out("<|im_start|>assistant\n")
+        + "{% endif %}"
+    )
+
+
+def _jinja_vicuna(t: ChatTemplate, image: str, video: str) -> str:
+    return (
+        _out("<s>")
+        + "{% if system is not none %}{{ system }}{% endif %}"
+        + _out(" ")
+        + "{% for m in turns %}{% set r = role(m) %}"
+        + _NO_LATE_SYSTEM
+        + "{% if r == 'user' %}"
+        + _out("USER: ")
+        + "{{ text(m) }}"
+        + _out(" ")
+        + "{% else %}"
+        + _out("ASSISTANT: ")
+        + "{{ text(m) }}"
+        + _out("</s>")
+        + "{% endif %}{% endfor %}"
+        + "{% if add_generation_prompt %}"
+        + _out("ASSISTANT:")
+        + "{% endif %}"
+    )
+
+
+def _jinja_llama3(t: ChatTemplate, image: str, video: str) -> str:
+    return (
+        _out("<|begin_of_text|>")
+        + "{% if system is not none %}"
+        + _out("<|start_header_id|>system<|end_header_id|>\n\n")
+        + "{{ system | trim }}"
+        + _out("<|eot_id|>")
+        + "{% endif %}{% for m in turns %}{% set r = role(m) %}"
+        + _NO_LATE_SYSTEM
+        + "{{ '<|start_header_id|>' ~ r ~ '<|end_header_id|>\\n\\n' }}{{ text(m) | trim }}"
+        + _out("<|eot_id|>")
+        + "{% endfor %}{% if add_generation_prompt %}"
+        + _out("<|start_header_id|>assistant<|end_header_id|>\n\n")
+        + "{% endif %}"
+    )
+
+
+def _jinja_plain(t: ChatTemplate, image: str, video: str) -> str:
+    # a user turn keeps only its media tags, in order (split on the video tag, count image tags in each piece)
+    return (
+        "{% for m in turns %}{% if role(m) == 'user' %}{% set ns = namespace(tags='') %}"
+        "{% for piece in text(m).split(video) %}{% if not loop.first %}{% set ns.tags = ns.tags ~ video %}"
+        "{% endif %}{% set ns.tags = ns.tags ~ image * ((piece.split(image) | length) - 1) %}{% endfor %}"
+        "{{ ns.tags if ns.tags else image }}{% else %}{{ text(m) }}" + _out("\n") + "{% endif %}{% endfor %}"
+    )
+
+
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions."
@@ -300,12 +415,20 @@ register_template(
         ("<|im_end|>", "<|endoftext|>"),
         unmask_everywhere=("\n", "<|im_start|>", "<|im_end|>"),
         description="ChatML (LLaVA-OneVision, Qwen-2)",
+        jinja=_jinja_chatml,
     ),
     "qwen_2",
     "chatml",
 )
 register_template(
-    ChatTemplate("vicuna_v1", VICUNA_SYSTEM, _render_vicuna, ("</s>",), description="LLaVA-1.5/1.6 Vicuna"),
+    ChatTemplate(
+        "vicuna_v1",
+        VICUNA_SYSTEM,
+        _render_vicuna,
+        ("</s>",),
+        description="LLaVA-1.5/1.6 Vicuna",
+        jinja=_jinja_vicuna,
+    ),
     "v1",
 )
 register_template(
@@ -322,7 +445,10 @@ register_template(
             "\n\n",
         ),
         description="LLaMA-3 LLaVA",
+        jinja=_jinja_llama3,
     ),
     "llava_llama_3",
 )
-register_template(ChatTemplate("plain", None, _render_plain, ("\n",), description="stage-1 captioning"))
+register_template(
+    ChatTemplate("plain", None, _render_plain, ("\n",), description="stage-1 captioning", jinja=_jinja_plain)
+)

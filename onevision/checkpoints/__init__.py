@@ -6,7 +6,7 @@ Formats are detected from typed fields of ``config.json``, never from names (:fu
   rebuildable offline), ``model.safetensors`` (sharded with ``model.safetensors.index.json`` when large) and the
   tokenizer.
 * **hf** (``"model_type": "llava_onevision"``, :mod:`.hf`): every on-disk key layout transformers 5 loads.
-* **original** (``mm_vision_tower`` / ``mm_projector_type`` fields, :mod:`.original`): import only.
+* **original** (``mm_vision_tower`` / ``mm_projector_type`` fields, :mod:`.original`): import and export.
 
 Modules: :mod:`.io` (tensor and JSON IO), :mod:`.detect` (format detection), :mod:`.native`, :mod:`.hf`,
 :mod:`.original`, :mod:`.mapping` (key tables and lookups the converters share) and :mod:`.conversion` (load any
@@ -54,6 +54,9 @@ _EXPORTS: dict[str, str] = {
     "ORIGINAL_TO_NATIVE": "original",
     "original_to_config": "original",
     "import_original": "original",
+    "NATIVE_TO_ORIGINAL": "original",
+    "original_config_dict": "original",
+    "export_original": "original",
     "remap": "mapping",
     "load_checkpoint": "conversion",
     "convert": "conversion",
@@ -64,11 +67,13 @@ __all__ = [
     "HF_TO_NATIVE",
     "INDEX_NAME",
     "NATIVE_TO_HF",
+    "NATIVE_TO_ORIGINAL",
     "ORIGINAL_TO_NATIVE",
     "WEIGHTS_NAME",
     "convert",
     "detect_format",
     "export_hf",
+    "export_original",
     "hf_config_dict",
     "hf_to_config",
     "import_hf",
@@ -80,6 +85,7 @@ __all__ = [
     "native_config",
     "native_model_config",
     "native_state_dict",
+    "original_config_dict",
     "original_to_config",
     "read_config",
     "read_state_dict",
@@ -135,4 +141,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         save_native,
         save_native_model,
     )
-    from onevision.checkpoints.original import ORIGINAL_TO_NATIVE, import_original, original_to_config
+    from onevision.checkpoints.original import (
+        NATIVE_TO_ORIGINAL,
+        ORIGINAL_TO_NATIVE,
+        export_original,
+        import_original,
+        original_config_dict,
+        original_to_config,
+    )

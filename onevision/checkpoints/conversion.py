@@ -12,7 +12,7 @@ from onevision.bundle import Bundle
 from onevision.checkpoints.detect import detect_format, resolve_path
 from onevision.checkpoints.hf import export_hf, import_hf
 from onevision.checkpoints.native import load_native, save_native
-from onevision.checkpoints.original import import_original
+from onevision.checkpoints.original import export_original, import_original
 from onevision.errors import CheckpointError, ConfigError, UnknownComponentError
 
 #: format -> loader; each loader takes the directory and its own keyword options.
@@ -22,7 +22,7 @@ LOADERS: dict[str, Callable[..., Bundle]] = {
     "original": import_original,
 }
 #: the formats :func:`convert` writes.
-TARGETS = ("onevision", "hf")
+TARGETS = ("onevision", "hf", "original")
 
 
 def load_checkpoint(path_or_hub_id: str, *, format: str = "auto", **kwargs: Any) -> Bundle:
@@ -52,7 +52,8 @@ def convert(
     force: bool = False,
     **load_kwargs: Any,
 ) -> Path:
-    """Load ``src`` (any format) and write ``dst`` as ``onevision`` or ``hf`` (``force``: see :func:`export_hf`)."""
+    """Load ``src`` (any format) and write ``dst`` as ``onevision``, ``hf`` or ``original`` (``force``: see
+    :func:`export_hf` / :func:`~onevision.checkpoints.original.export_original`)."""
     if to not in TARGETS:
         raise UnknownComponentError("target format", to, TARGETS)
     if os.path.abspath(src) == os.path.abspath(dst):
@@ -60,4 +61,6 @@ def convert(
     bundle = load_checkpoint(src, format=src_format, **load_kwargs)
     if to == "hf":
         return export_hf(bundle, dst, force=force)
+    if to == "original":
+        return export_original(bundle, dst, force=force)
     return save_native(bundle, dst)

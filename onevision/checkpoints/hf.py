@@ -2,9 +2,11 @@
 
 Import layouts: the legacy hub layout (``language_model.model.*``, ``vision_tower.vision_model.*``), v5
 ``save_pretrained`` (``vision_tower.*``) and in-memory names (``model.language_model.*``, ``lm_head.*``,
-``model.vision_tower.*``). Export writes the v5 layout with ``config.json``, the processor files and, for the
-``qwen_1_5`` template, a ChatML chat template; it refuses (:class:`~onevision.errors.ExportError`) what HF cannot
-represent.
+``model.vision_tower.*``). Export writes the v5 layout with ``config.json`` (``eos_token_id``, ``pad_token_id``,
+``dtype``), ``generation_config.json`` (the template's end-of-turn ids, the pipeline's greedy defaults), the
+processor files (PIL image backend) and the chat template as Jinja generated from the onevision template, so
+transformers renders the same prompt. It refuses (:class:`~onevision.errors.ExportError`) what HF cannot represent,
+and, unless ``force=True``, what vLLM / SGLang would count differently (:func:`engine_problems`).
 """
 
 from __future__ import annotations
@@ -182,14 +184,21 @@ def import_hf(
     return bundle
 
 
-_HF_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] if part['type'] == 'image' %}<image>\n{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'video' %}<video>\n{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+#: the AnyRes cap the serving engines hard-code: vLLM and SGLang count ``anyres_max_9`` tokens whatever the config says
+ENGINE_ANYRES_MAX = 9
+
+
+def engine_problems(pipe: Bundle) -> list[str]:
+    """Why vLLM / SGLang would count different visual tokens than ``pipe`` for an HF export (empty: none)."""
+    single = pipe.processor.policy.single_image
+    problems = []
+    match = ANYRES_MAX.fullmatch(single.strategy_name)
+    if match and int(match.group(1)) != ENGINE_ANYRES_MAX:
+        problems.append(
+            f"single-image strategy {single.strategy_name!r}: vLLM and SGLang hard-code anyres_max_"
+            f"{ENGINE_ANYRES_MAX} for llava_onevision and would count other visual tokens than this model uses"
+        )
+    return problems
 
 
 def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
@@ -218,9 +227,14 @@ def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
                 problems.append(f"single_image.{attr}={getattr(single, attr)!r} (HF: {want!r})")
         if single.rounding != "hf" and not force:
             problems.append(
-                "single_image.rounding='llava' (HF rounds with int(round(x, 7)); pass force=True to "
-                "export anyway: token counts then differ for a few rare sizes)"
+                "single_image.rounding='llava' (HF, vLLM and SGLang round with int(round(x, 7)); pass "
+                "force=True (--force) to export anyway: token counts then differ for a few rare sizes)"
             )
+        engines = engine_problems(pipe)
+        if engines and not force:
+            problems += [p + " (pass force=True / --force to write it anyway)" for p in engines]
+        elif engines:
+            log.warning("exporting for transformers only: %s", "; ".join(engines))
     if multi.name != "pad" or not getattr(multi, "newline", False):
         problems.append(f"multi-image strategy {multi.strategy_name!r} (HF: pad + one newline)")
     if (vid.pool_mode, vid.pool_stride, vid.newline_position) != (
@@ -232,7 +246,10 @@ def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
     if (single.tile_size // single.patch_size) ** 2 != enc.info.tokens_per_tile:
         problems.append("num_image_tokens does not equal (image_size // patch_size)**2")
     if problems:
-        raise ExportError("cannot export to HF llava_onevision: " + "; ".join(problems))
+        raise ExportError(
+            "cannot export to HF llava_onevision (the config transformers, vLLM and SGLang read): "
+            + "; ".join(problems)
+        )
     vision = {
         k: v for k, v in enc.hf_config.to_dict().items() if k not in ("transformers_version", "architectures")
     }
@@ -255,7 +272,34 @@ def hf_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
         tie_word_embeddings=bool(getattr(model.language_model.config, "tie_word_embeddings", False)),
     )
     hf.architectures = ["LlavaOnevisionForConditionalGeneration"]
-    return hf.to_dict()
+    out = hf.to_dict()
+    dtype = str(model.dtype).removeprefix("torch.")
+    eos = list(proc.stop_token_ids)
+    out["dtype"] = out["text_config"]["dtype"] = out["vision_config"]["dtype"] = dtype
+    out["eos_token_id"] = out["text_config"]["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    out["pad_token_id"] = out["text_config"]["pad_token_id"] = proc.pad_token_id
+    return out
+
+
+def hf_generation_config(pipe: Bundle) -> dict[str, Any]:
+    """``generation_config.json``: the template's end-of-turn token(s) and the pipeline's greedy defaults."""
+    import inspect
+
+    from transformers import GenerationConfig
+
+    defaults = inspect.signature(type(pipe.model).generate).parameters
+    eos = list(pipe.processor.stop_token_ids)
+    temperature = defaults["temperature"].default
+    sample = temperature is not None and temperature > 0  # the pipeline's rule: temperature 0 is greedy
+    config = GenerationConfig(
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+        pad_token_id=pipe.processor.pad_token_id,
+        bos_token_id=pipe.processor.tokenizer.bos_token_id,
+        do_sample=sample,
+        max_new_tokens=defaults["max_new_tokens"].default,
+        **({"temperature": temperature} if sample else {}),
+    )
+    return {**config.to_diff_dict(), "do_sample": sample}
 
 
 def export_hf(
@@ -263,7 +307,7 @@ def export_hf(
 ) -> Path:
     """Write an HF ``llava_onevision`` directory (v5 ``save_pretrained`` layout) that transformers loads as is."""
     from transformers import (
-        LlavaOnevisionImageProcessor,
+        LlavaOnevisionImageProcessorPil,
         LlavaOnevisionProcessor,
         LlavaOnevisionVideoProcessor,
     )
@@ -274,6 +318,7 @@ def export_hf(
     state = remap(pipe.model.checkpoint_state_dict(), NATIVE_TO_HF, "onevision model")
     write_state_dict(state, d, max_shard_bytes=max_shard_bytes)
     write_json(config, d / "config.json")
+    write_json(hf_generation_config(pipe), d / "generation_config.json")
     proc = pipe.processor
     single = proc.policy.single_image
     s = single.tile_size
@@ -282,11 +327,12 @@ def export_hf(
         "image_std": list(single.image_std),
         "size": {"height": s, "width": s},
     }
-    image_processor = LlavaOnevisionImageProcessor(
+    # the PIL backend: pixel-exact with onevision's AnyRes (the torchvision one differs by a level or two)
+    image_processor = LlavaOnevisionImageProcessorPil(
         **common, image_grid_pinpoints=[[p.height, p.width] for p in single.pinpoints]
     )
     video_processor = LlavaOnevisionVideoProcessor(**common)
-    chat = _HF_CHAT_TEMPLATE if proc.template.name == "qwen_1_5" else None
+    chat = proc.template.to_jinja(proc.image_token, proc.video_token)
     hf_proc = LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=proc.tokenizer,

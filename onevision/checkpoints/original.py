@@ -1,4 +1,4 @@
-"""Original LLaVA-NeXT / LLaVA-OneVision checkpoints (``LlavaQwenForCausalLM`` etc.): import only.
+"""Original LLaVA-NeXT / LLaVA-OneVision checkpoints (``LlavaQwenForCausalLM`` etc.): import and export.
 
 Tensors: ``model.mm_projector.{0,2}``, ``model.vision_tower.vision_tower.vision_model.*``, ``model.image_newline``,
 ``lm_head``, the rest ``model.*``. Pinpoints are ``[w, h]`` pairs (swapped to ``(h, w)``); the vision tower's
@@ -7,6 +7,7 @@ architecture comes from ``mm_vision_tower`` (or ``vision_config=``), its number 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,9 +20,11 @@ from onevision.bundle import Bundle, restore_bundle
 from onevision.checkpoints.io import read_config, read_state_dict
 from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
-from onevision.errors import CheckpointError, ConfigError, UnknownComponentError
+from onevision.errors import CheckpointError, ConfigError, ExportError, UnknownComponentError
 from onevision.llm import load_tokenizer
 from onevision.policy import ImagePolicy, VideoPolicy, VisualPolicy
+
+log = logging.getLogger(__name__)
 
 #: Original LLaVA-NeXT ``architectures`` -> LLM model_type.
 ORIGINAL_ARCHITECTURES = {
@@ -197,8 +200,12 @@ def import_original(
     """
     d = Path(directory)
     raw = read_state_dict(d)
+    cfg = read_config(d)
+    tower = cfg.get("mm_vision_tower")
+    if vision_config is None and isinstance(tower, str) and (d / tower / "config.json").is_file():
+        vision_config = read_config(d / tower)  # a tower config shipped inside the checkpoint (our export)
     config = original_to_config(
-        read_config(d),
+        cfg,
         raw,
         vision_config=vision_config,
         rounding=rounding,
@@ -210,3 +217,111 @@ def import_original(
         raise CheckpointError(f"{d}: model.faster_token (add_faster_video) is not supported")
     tokenizer = load_tokenizer(str(d))
     return restore_bundle(config, tokenizer, state, str(d), dtype=dtype)
+
+
+# -- export ----------------------------------------------------------------------------------------------------
+
+#: ours -> the original tensor names (the inverse of :data:`ORIGINAL_TO_NATIVE`).
+NATIVE_TO_ORIGINAL: tuple[tuple[str, str], ...] = (
+    ("vision_tower.model.", "model.vision_tower.vision_tower.vision_model."),
+    ("projector.", "model.mm_projector."),
+    ("image_newline", "model.image_newline"),
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model."),
+)
+
+#: where an export puts the vision tower's config; ``mm_vision_tower`` names it relative to the checkpoint.
+VISION_TOWER_DIR = "vision_tower"
+
+
+def original_config_dict(pipe: Bundle, *, force: bool = False) -> dict[str, Any]:
+    """The original LLaVA-NeXT/OneVision ``config.json`` of ``pipe``; :class:`ExportError` if the layout cannot
+    represent it (or, without ``force``, if the reference code would count other visual tokens)."""
+    from onevision.archs import get_arch
+    from onevision.encoders import TransformersEncoder
+
+    model, proc = pipe.model, pipe.processor
+    enc, cfg = model.vision_tower, model.config
+    single, multi, vid = proc.policy.single_image, proc.policy.multi_image, proc.policy.video
+    architecture = next((a for a, t in ORIGINAL_ARCHITECTURES.items() if t == cfg.llm.model_type), None)
+    problems = []
+    if architecture is None:
+        problems.append(
+            f"LLM model_type {cfg.llm.model_type!r} (original: {sorted(ORIGINAL_ARCHITECTURES.values())})"
+        )
+    if not isinstance(enc, TransformersEncoder):
+        problems.append(f"vision backend {enc.info.backend!r} (original: transformers SigLIP/CLIP)")
+    if single.name not in ("anyres_max", "anyres"):
+        problems.append(
+            f"single-image strategy {single.strategy_name!r} (original: anyres or anyres_max_<N>)"
+        )
+    if multi.name != "pad":
+        problems.append(f"multi-image strategy {multi.strategy_name!r} (original import: pad)")
+    for what, ours in (("image_mean", cfg.vision.image_mean), ("image_std", cfg.vision.image_std)):
+        if ours is not None and tuple(ours) != tuple(getattr(get_arch(cfg.vision.arch), what)):
+            problems.append(f"vision.{what}={ours} (original: the tower's own normalisation)")
+    if getattr(single, "rounding", "llava") != "llava" and not force:
+        problems.append(
+            "single_image.rounding='hf' (the reference code rounds with int(); pass force=True / --force to "
+            "export anyway: token counts then differ for a few rare sizes)"
+        )
+    if problems:
+        raise ExportError("cannot export to the original LLaVA-NeXT/OneVision layout: " + "; ".join(problems))
+    text = {
+        k: v
+        for k, v in model.language_model.config.to_dict().items()
+        if k not in ("transformers_version", "architectures", "_name_or_path", "model_type")
+    }
+    return {
+        **text,
+        "architectures": [architecture],
+        "model_type": "llava",
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "mm_vision_tower": VISION_TOWER_DIR,
+        "mm_projector_type": cfg.projector.type,
+        "mm_hidden_size": enc.info.width,
+        # the tower keeps only the blocks up to the feature layer: SigLIP's reference rule (drop the config's last
+        # block, take the output) is -2 on the shipped config; CLIP takes the last kept block
+        "mm_vision_select_layer": -2 if cfg.vision.arch == "siglip" else -1,
+        "mm_vision_select_feature": "patch",
+        "mm_patch_merge_type": "spatial_unpad",
+        "image_aspect_ratio": single.strategy_name,
+        "image_grid_pinpoints": [[p.width, p.height] for p in single.pinpoints],
+        "mm_spatial_pool_mode": vid.pool_mode,
+        "mm_spatial_pool_stride": vid.pool_stride,
+        "mm_newline_position": vid.newline_position,
+        "add_time_instruction": bool(getattr(vid, "time_instruction", False)),
+        "tokenizer_model_max_length": proc.max_length,
+        "tokenizer_padding_side": "right",
+        "use_mm_proj": True,
+    }
+
+
+def export_original(
+    pipe: Bundle, directory: str | Path, *, force: bool = False, max_shard_bytes: int = 5 * 2**30
+) -> Path:
+    """Write the original LLaVA-NeXT/OneVision layout (``model.mm_projector.*``,
+    ``model.vision_tower.vision_tower.vision_model.*``, ``lm_head``, the rest ``model.*``) that
+    :func:`import_original` reads back; the tower's config goes to ``vision_tower/config.json``."""
+    from onevision.checkpoints.io import write_json, write_state_dict
+
+    d = Path(directory)
+    config = original_config_dict(pipe, force=force)
+    d.mkdir(parents=True, exist_ok=True)
+    state = remap(pipe.model.checkpoint_state_dict(), NATIVE_TO_ORIGINAL, "onevision model")
+    write_state_dict(state, d, max_shard_bytes=max_shard_bytes)
+    write_json(config, d / "config.json")
+    vision = {
+        k: v for k, v in pipe.model.vision_tower.hf_config.to_dict().items() if k != "transformers_version"
+    }
+    if pipe.model.config.vision.arch == "siglip":  # the reference deletes the config's last block on load
+        vision["num_hidden_layers"] = pipe.model.vision_tower.info.num_layers + 1
+    (d / VISION_TOWER_DIR).mkdir(exist_ok=True)
+    write_json(vision, d / VISION_TOWER_DIR / "config.json")
+    if pipe.processor.template.name != default_template(pipe.model.config.llm.model_type):
+        log.warning(
+            "the original layout does not record the chat template; load it with template=%r",
+            pipe.processor.template.name,
+        )
+    pipe.processor.tokenizer.save_pretrained(str(d))
+    return d

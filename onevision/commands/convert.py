@@ -1,4 +1,4 @@
-"""``onevision convert SRC DST --to {onevision,hf}``: convert between checkpoint formats."""
+"""``onevision convert SRC DST --to {onevision,hf,original}``: convert between checkpoint formats."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a checkpoint (onevision, HF llava_onevision or original LLaVA-NeXT) to onevision or HF",
+        help="convert a checkpoint (onevision, HF llava_onevision or original LLaVA-NeXT) to onevision, HF or original",
         description="Load SRC (format detected from its config.json unless --from is given) and write DST. "
         "DST must be new or empty unless --overwrite is given; even then only the files the export writes are "
         "replaced (config, weights and their shards, tokenizer and processor files): nothing else is deleted.",
@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="source checkpoint directory or hub id")
     p.add_argument("dst", help="destination directory")
     p.add_argument(
-        "--to", choices=["onevision", "hf"], default="onevision", help="target format (default: %(default)s)"
+        "--to",
+        choices=["onevision", "hf", "original"],
+        default="onevision",
+        help="target format (default: %(default)s)",
     )
     p.add_argument(
         "--from",
@@ -41,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--template", default=None, help="chat template to record (default: by LLM family)")
     p.add_argument(
-        "--force", action="store_true", help="export to HF even if token counts may differ (llava rounding)"
+        "--force",
+        action="store_true",
+        help="export to HF even where token counts may differ: llava rounding (transformers, vLLM, SGLang), or "
+        "an anyres_max_N cap with N != 9 (vLLM and SGLang hard-code 9)",
     )
     p.add_argument(
         "--overwrite",
