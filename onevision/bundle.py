@@ -76,23 +76,44 @@ def restore_bundle(
     *,
     drop: Iterable[str] = (),
     dtype: Any = None,
+    device: Any = None,
+    device_map: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    attn_implementation: str | None = None,
 ) -> Bundle:
     """Build a bundle from ``config`` offline, then load native-named ``state`` into it strictly (eval mode).
 
-    ``dtype`` defaults to the state's. When the tokenizer has more tokens than the state's embeddings (e.g.
-    ``<image>`` added to an original checkpoint's tokenizer), the new rows take the mean of the old ones; they are
-    never read, because placeholder positions are replaced by visual features.
+    The model is built on the meta device and each weight is materialised once, read from ``state`` (tensors, or
+    :class:`~onevision.checkpoints.io.LazyTensor` read from the memory-mapped safetensors) straight into ``dtype``
+    (default: the state's) on ``device`` (default CPU) or where ``device_map`` places it (see
+    :meth:`~onevision.model.OneVisionModel.load_checkpoint_state`). ``attn_implementation`` applies to the LLM
+    and the vision tower. When the tokenizer has more tokens than the state's embeddings (e.g. ``<image>`` added
+    to an original checkpoint's tokenizer), the new rows take the mean of the old ones; they are never read,
+    because placeholder positions are replaced by visual features.
     """
     import torch
 
-    from onevision.model import fast_init
+    from onevision.model import empty_init
 
     if dtype is None:
         dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-    with fast_init():
+    if attn_implementation is not None:
+        config = dataclasses.replace(
+            config,
+            llm=dataclasses.replace(config.llm, attn_implementation=attn_implementation),
+            vision=dataclasses.replace(config.vision, attn_implementation=attn_implementation),
+        )
+    with empty_init():
         bundle = build_bundle(config, tokenizer=tokenizer)
-    bundle.model.to(dtype=dtype)
-    bundle.model.load_checkpoint_state(_grow_vocab(state, bundle.model.state_dict()), source, drop=drop)
+    bundle.model.load_checkpoint_state(
+        _grow_vocab(state, bundle.model.state_dict()),
+        source,
+        drop=drop,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+    )
     bundle.model.eval()
     return bundle
 
@@ -107,7 +128,9 @@ def _grow_vocab(state: dict[str, Any], expected: dict[str, Any]) -> dict[str, An
             and state[key].shape[0] < expected[key].shape[0]
             and state[key].shape[1:] == expected[key].shape[1:]
         ):
-            old = state[key]
+            from onevision.checkpoints.io import as_tensor
+
+            old = as_tensor(state[key])
             extra = (
                 old.float()
                 .mean(0, keepdim=True)

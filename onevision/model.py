@@ -27,7 +27,7 @@ from torch import nn
 
 import anyres
 from onevision.checkpoints.detect import detect_format
-from onevision.checkpoints.io import read_config, read_state_dict, write_state_dict
+from onevision.checkpoints.io import as_tensor, open_state_dict, read_config, write_state_dict
 from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
 from onevision.errors import CheckpointError, ConfigError, InputError, KeyMismatchError
@@ -36,6 +36,7 @@ from onevision.policy import ModalityPolicy
 from onevision.projectors import build_projector
 
 _LM_HEAD = "language_model.lm_head.weight"
+_EMBED = "language_model.model.embed_tokens.weight"
 
 
 @contextlib.contextmanager
@@ -47,6 +48,16 @@ def fast_init() -> Iterator[None]:
         yield
         return
     with no_init_weights():
+        yield
+
+
+@contextlib.contextmanager
+def empty_init() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (no memory, no random init); buffers stay real, so
+    the ones a checkpoint does not store (rotary ``inv_freq``, ``position_ids``) are computed as usual."""
+    from accelerate import init_empty_weights
+
+    with fast_init(), init_empty_weights(include_buffers=False):
         yield
 
 
@@ -102,11 +113,35 @@ class OneVisionModel(nn.Module):
         return state
 
     def load_checkpoint_state(
-        self, state: dict[str, torch.Tensor], source: str, *, drop: Iterable[str] = ()
+        self,
+        state: dict[str, Any],
+        source: str,
+        *,
+        drop: Iterable[str] = (),
+        dtype: Any = None,
+        device: Any = None,
+        device_map: Any = None,
+        max_memory: dict[Any, Any] | None = None,
     ) -> None:
-        """Load native-named ``state`` strictly: :class:`KeyMismatchError` names missing/unexpected weights,
-        :class:`CheckpointError` mismatched shapes. Vision blocks past the feature layer and the keys in ``drop``
-        are ignored; a tied LM head may be absent."""
+        """Load native-named ``state`` (tensors or :class:`~onevision.checkpoints.io.LazyTensor`) strictly:
+        :class:`KeyMismatchError` names missing/unexpected weights, :class:`CheckpointError` mismatched shapes.
+        Vision blocks past the feature layer and the keys in ``drop`` are ignored; a tied LM head may be absent.
+
+        On a model built with :func:`empty_init` (meta parameters), or when ``dtype`` / ``device`` /
+        ``device_map`` is given, each parameter is materialised once, read from the file straight into ``dtype``
+        on its device (``device_map``: a dict ``module prefix -> device`` or ``"auto"`` with ``max_memory``, through
+        accelerate). Otherwise the tensors are copied into the existing parameters."""
+        state = self._checked_state(state, source, drop)
+        tied = bool(getattr(self.language_model.config, "tie_word_embeddings", False))
+        meta = any(t.is_meta for t in self.parameters())
+        if not meta and dtype is None and device is None and device_map is None:
+            self.load_state_dict({k: as_tensor(v) for k, v in state.items()}, strict=False)
+        else:
+            self._materialize(state, dtype, device, device_map, max_memory, tied)
+        if tied:
+            self.language_model.tie_weights()
+
+    def _checked_state(self, state: dict[str, Any], source: str, drop: Iterable[str]) -> dict[str, Any]:
         expected = self.state_dict()
         kept = self.vision_tower.info.num_layers
         dropped = set(drop)
@@ -130,9 +165,37 @@ class OneVisionModel(nn.Module):
         ]
         if bad:
             raise CheckpointError(f"{source}: shape mismatch for {len(bad)} weight(s): " + "; ".join(bad[:8]))
-        self.load_state_dict(state, strict=False)
+        if tied and _EMBED in state:
+            state.pop(_LM_HEAD, None)  # the head is the embedding matrix: read it once
+        return state
+
+    def _materialize(self, state, dtype, device, device_map, max_memory, tied) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        placement = _device_map(self, device_map, max_memory, dtype) if device_map is not None else None
+
+        def where(name: str) -> Any:
+            if placement is None:
+                return torch.device("cpu") if device is None else torch.device(device)
+            return _placed(placement, name)
+
+        for key, value in state.items():
+            target = where(key)
+            tensor = as_tensor(value, target, dtype)
+            set_module_tensor_to_device(self, key, target, value=tensor, dtype=tensor.dtype)
+            del tensor
+        for name, buffer in list(self.named_buffers()):
+            if name not in state and buffer.device != torch.device(where(name)):
+                set_module_tensor_to_device(self, name, where(name), value=buffer)
         if tied:
             self.language_model.tie_weights()
+        left = [n for n, p in self.named_parameters() if p.is_meta]
+        if left:
+            raise CheckpointError(f"weights not in the checkpoint stayed unset: {left[:8]}")
+        if placement is not None and len({str(d) for d in placement.values()}) > 1:
+            from accelerate import dispatch_model
+
+            dispatch_model(self, device_map=placement)
 
     def save_pretrained(
         self,
@@ -159,7 +222,15 @@ class OneVisionModel(nn.Module):
         return d
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], *, dtype: Any = None) -> OneVisionModel:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        dtype: Any = None,
+        device: Any = None,
+        device_map: Any = None,
+        max_memory: dict[Any, Any] | None = None,
+    ) -> OneVisionModel:
         """Load a native directory written by :meth:`save_pretrained` (or a whole native checkpoint), offline, in
         eval mode; ``dtype`` defaults to the stored one. No tokenizer is read: the stored LLM config already has
         the final vocabulary size. Use :func:`onevision.load` for HF/original formats."""
@@ -171,13 +242,14 @@ class OneVisionModel(nn.Module):
                 "(use onevision.load for the other formats)"
             )
         config = OneVisionConfig.from_dict(read_config(d))
-        state = read_state_dict(d)
+        state = open_state_dict(d)
         if dtype is None:
             dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-        with fast_init():
+        with empty_init():
             model = cls(config)
-        model.to(dtype=dtype)
-        model.load_checkpoint_state(state, str(d))
+        model.load_checkpoint_state(
+            state, str(d), dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+        )
         model.eval()
         return model
 
@@ -445,6 +517,38 @@ class OneVisionModel(nn.Module):
             streamer=streamer,
             stopping_criteria=stopping_criteria,
         )
+
+
+def _device_map(model: nn.Module, device_map: Any, max_memory: Any, dtype: Any) -> dict[str, Any]:
+    """``device_map`` as a dict ``module prefix -> device``: a dict as given, a device string for everything, or
+    ``"auto"`` (accelerate's ``infer_auto_device_map`` over ``max_memory``, decoder blocks never split)."""
+    if isinstance(device_map, dict):
+        placement = dict(device_map)
+    elif device_map == "auto":
+        from accelerate import infer_auto_device_map
+
+        no_split = sorted({c for m in model.modules() for c in (getattr(m, "_no_split_modules", None) or ())})
+        placement = infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype
+        )
+    elif isinstance(device_map, (str, torch.device, int)):
+        placement = {"": device_map}
+    else:
+        raise ConfigError(f"device_map={device_map!r}: expected a dict, a device or 'auto'")
+    bad = sorted({str(d) for d in placement.values() if str(d) == "disk"})
+    if bad:
+        raise ConfigError("device_map places weights on 'disk': disk offload is not supported")
+    return placement
+
+
+def _placed(placement: dict[str, Any], name: str) -> torch.device:
+    best = max(
+        (p for p in placement if p == "" or name == p or name.startswith(p + ".")), key=len, default=None
+    )
+    if best is None:
+        raise ConfigError(f"device_map places no module holding {name!r}")
+    device = placement[best]
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
 
 
 def _frames(layout: Any) -> int:

@@ -224,15 +224,38 @@ def from_config(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any = 
 
 
 def load(
-    path_or_hub_id: str, *, device: Any = None, dtype: Any = None, format: str = "auto", **kwargs: Any
+    path_or_hub_id: str,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    format: str = "auto",
+    device_map: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    attn_implementation: str | None = None,
+    **kwargs: Any,
 ) -> Pipeline:
     """Load any supported checkpoint (native onevision, HF ``llava_onevision``, original LLaVA-NeXT) as a
-    ready :class:`Pipeline`. Hub ids are fetched with ``huggingface_hub``; local directories are read as is."""
+    ready :class:`Pipeline`. Hub ids are fetched with ``huggingface_hub``; local directories are read as is.
+
+    The model is built on the meta device and each weight is read once from the memory-mapped safetensors
+    straight into ``dtype`` (default: the checkpoint's) on ``device`` (default CPU). ``device_map``: a device,
+    a dict ``module prefix -> device`` (e.g. ``{"vision_tower": "cuda:0", "language_model": "cuda:1", ...}``) or
+    ``"auto"`` (accelerate, bounded by ``max_memory``); disk offload is not supported. ``attn_implementation``
+    (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower."""
     from onevision.checkpoints.conversion import load_checkpoint
 
-    bundle = load_checkpoint(path_or_hub_id, format=format, **kwargs)
+    if device is not None and device_map is not None:
+        raise InputError("pass device or device_map, not both")
+    placement = {"device": device, "device_map": device_map, "max_memory": max_memory}
+    if attn_implementation is not None:
+        placement["attn_implementation"] = attn_implementation
+    bundle = load_checkpoint(
+        path_or_hub_id,
+        format=format,
+        dtype=dtype,
+        **{k: v for k, v in placement.items() if v is not None},
+        **kwargs,
+    )
     pipe = Pipeline(bundle.model, bundle.processor)
-    if device is not None or dtype is not None:
-        pipe.to(device=device, dtype=dtype)
     pipe.model.eval()
     return pipe

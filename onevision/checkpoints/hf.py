@@ -18,7 +18,7 @@ from typing import Any
 
 from onevision.archs import get_arch, hf_vision_arches
 from onevision.bundle import Bundle, restore_bundle
-from onevision.checkpoints.io import read_config, read_state_dict, write_json, write_state_dict
+from onevision.checkpoints.io import open_state_dict, read_config, write_json, write_state_dict
 from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
 from onevision.encoders import TransformersEncoder
@@ -165,14 +165,32 @@ def hf_to_config(
 
 
 def import_hf(
-    directory: str | Path, *, template: str | None = None, dtype: Any = None, num_frames: int = 32
+    directory: str | Path,
+    *,
+    template: str | None = None,
+    dtype: Any = None,
+    num_frames: int = 32,
+    device: Any = None,
+    device_map: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    attn_implementation: str | None = None,
 ) -> Bundle:
     """Load an HF ``llava_onevision`` checkpoint (any of the three key layouts)."""
     d = Path(directory)
     config = hf_to_config(read_config(d), _hf_processor_dict(d), template=template, num_frames=num_frames)
     tokenizer = load_tokenizer(str(d))
-    state = remap(read_state_dict(d), HF_TO_NATIVE, str(d))
-    bundle = restore_bundle(config, tokenizer, state, str(d), dtype=dtype)
+    state = remap(open_state_dict(d), HF_TO_NATIVE, str(d))
+    bundle = restore_bundle(
+        config,
+        tokenizer,
+        state,
+        str(d),
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        attn_implementation=attn_implementation,
+    )
     for kind, want, got in (
         ("image", config.image_token_id, bundle.processor.image_token_id),
         ("video", config.video_token_id, bundle.processor.video_token_id),

@@ -77,6 +77,86 @@ def read_state_dict(directory: str | Path) -> dict[str, Any]:
     return state
 
 
+class LazyTensor:
+    """One tensor of a safetensors file, read only when :meth:`load` is called (``safe_open``, memory-mapped).
+
+    ``shape`` and ``dtype`` come from the file header, so keys and shapes can be checked before any weight is read.
+    """
+
+    __slots__ = ("dtype", "key", "path", "shape")
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: Any):
+        self.path, self.key, self.shape, self.dtype = path, key, shape, dtype
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def load(self, device: Any = "cpu", dtype: Any = None) -> Any:
+        """The tensor on ``device``, cast to ``dtype`` (only this tensor is ever held twice, while casting)."""
+        from safetensors import safe_open
+
+        with safe_open(
+            str(self.path), framework="pt", device=str(device) if device is not None else "cpu"
+        ) as f:
+            tensor = f.get_tensor(self.key)
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        return tensor
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.path.name}:{self.key}, shape={self.shape}, dtype={self.dtype})"
+
+
+def as_tensor(value: Any, device: Any = None, dtype: Any = None) -> Any:
+    """A loaded tensor for ``value`` (a tensor or a :class:`LazyTensor`) on ``device`` in ``dtype`` (floats only)."""
+    if isinstance(value, LazyTensor):
+        return value.load("cpu" if device is None else device, dtype)
+    if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+        value = value.to(dtype)
+    return value if device is None else value.to(device)
+
+
+def open_state_dict(directory: str | Path) -> dict[str, Any]:
+    """The tensors of :func:`weight_files` without reading them: :class:`LazyTensor` per safetensors tensor
+    (sharded or not); ``*.bin`` files are read eagerly (``torch.load(weights_only=True)``, nothing unpickled)."""
+    import torch
+
+    state: dict[str, Any] = {}
+    for path in weight_files(directory):
+        if path.suffix != ".safetensors":
+            state.update(torch.load(str(path), map_location="cpu", weights_only=True))
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                sl = f.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {sl.get_dtype()}")
+                state[key] = LazyTensor(path, key, tuple(sl.get_shape()), dtype)
+    return state
+
+
+def _dtypes() -> dict[str, Any]:
+    import torch
+
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
+    names.update({"I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"})
+    names.update({"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"})
+    return {k: getattr(torch, v) for k, v in names.items() if hasattr(torch, v)}
+
+
+class _LazyDtypes(dict):
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if not self:
+            self.update(_dtypes())
+        return super().get(key, default)
+
+
+_SAFETENSORS_DTYPES = _LazyDtypes()
+
+
 def _is_weights_file(name: str) -> bool:
     return _WEIGHT_FILE.fullmatch(name) is not None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onevision.bundle import Bundle, restore_bundle
-from onevision.checkpoints.io import read_config, read_state_dict
+from onevision.checkpoints.io import open_state_dict, read_config
 from onevision.config import OneVisionConfig
 from onevision.errors import CheckpointError
 from onevision.llm import load_tokenizer
@@ -51,11 +51,30 @@ def save_native(
     return d
 
 
-def load_native(directory: str | Path, *, dtype: Any = None) -> Bundle:
-    """Load a native checkpoint (offline: components are rebuilt from the stored config)."""
+def load_native(
+    directory: str | Path,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+    device_map: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    attn_implementation: str | None = None,
+) -> Bundle:
+    """Load a native checkpoint (offline: components are rebuilt from the stored config); the placement options
+    are :func:`~onevision.bundle.restore_bundle`'s."""
     d = Path(directory)
     config = OneVisionConfig.from_dict(read_config(d))
-    bundle = restore_bundle(config, load_tokenizer(str(d)), read_state_dict(d), str(d), dtype=dtype)
+    bundle = restore_bundle(
+        config,
+        load_tokenizer(str(d)),
+        open_state_dict(d),
+        str(d),
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        attn_implementation=attn_implementation,
+    )
     if config.image_token_id is not None and bundle.processor.image_token_id != config.image_token_id:
         raise CheckpointError(
             f"{d}: tokenizer's image token id {bundle.processor.image_token_id} differs from the "

@@ -17,7 +17,7 @@ import anyres
 import video
 from onevision.archs import hf_vision_arches
 from onevision.bundle import Bundle, restore_bundle
-from onevision.checkpoints.io import read_config, read_state_dict
+from onevision.checkpoints.io import open_state_dict, read_config
 from onevision.checkpoints.mapping import ANYRES_MAX, default_template, remap
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
 from onevision.errors import CheckpointError, ConfigError, ExportError, UnknownComponentError
@@ -191,6 +191,10 @@ def import_original(
     template: str | None = None,
     dtype: Any = None,
     num_frames: int = 32,
+    device: Any = None,
+    device_map: Any = None,
+    max_memory: dict[Any, Any] | None = None,
+    attn_implementation: str | None = None,
 ) -> Bundle:
     """Load an original LLaVA-NeXT / LLaVA-OneVision checkpoint (``LlavaQwenForCausalLM`` etc.).
 
@@ -199,7 +203,7 @@ def import_original(
     needed; their new rows are never read (placeholders are replaced by visual features).
     """
     d = Path(directory)
-    raw = read_state_dict(d)
+    raw = open_state_dict(d)
     cfg = read_config(d)
     tower = cfg.get("mm_vision_tower")
     if vision_config is None and isinstance(tower, str) and (d / tower / "config.json").is_file():
@@ -216,7 +220,17 @@ def import_original(
     if "language_model.model.faster_token" in state:
         raise CheckpointError(f"{d}: model.faster_token (add_faster_video) is not supported")
     tokenizer = load_tokenizer(str(d))
-    return restore_bundle(config, tokenizer, state, str(d), dtype=dtype)
+    return restore_bundle(
+        config,
+        tokenizer,
+        state,
+        str(d),
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        attn_implementation=attn_implementation,
+    )
 
 
 # -- export ----------------------------------------------------------------------------------------------------
