@@ -63,7 +63,8 @@ def build_bundle(config: OneVisionConfig, tokenizer: Any = None, *, dtype: Any =
         video_token_id=processor.video_token_id,
     )
     # one dtype for every component (a pretrained LLM may load in bf16 while the others are built in fp32)
-    model.to(dtype=dtype if dtype is not None else model.language_model.dtype)
+    if not any(p.is_meta for p in model.parameters()):  # a meta build gets its dtype when materialised
+        model.to(dtype=dtype if dtype is not None else model.language_model.dtype)
     model.eval()
     return Bundle(model, processor)
 

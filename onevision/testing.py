@@ -20,6 +20,7 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onevision.config import LLMConfig, OneVisionConfig, ProcessorConfig, ProjectorConfig, VisionConfig
@@ -421,3 +422,73 @@ def tiny_pipeline(seed: int = 0, **config_overrides: Any) -> Pipeline:
 
     torch.manual_seed(seed)
     return from_config(tiny_config(**config_overrides), tokenizer=tiny_tokenizer())
+
+
+def random_hf_checkpoint(
+    directory: str | Path,
+    hf_config: Any,
+    tokenizer: Any = None,
+    *,
+    dtype: Any = None,
+    std: float = 0.02,
+    seed: int = 0,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Write an HF ``llava_onevision`` checkpoint of ``hf_config`` (a ``LlavaOnevisionConfig``) with random
+    weights, cheaply: the model is built on the meta device only for its tensor names and shapes, and each
+    tensor is drawn straight in ``dtype`` (default bf16): norms 1, biases 0, the rest ``N(0, std)``. A tied LM
+    head is not stored. ``tokenizer`` (default :func:`tiny_tokenizer`) is saved alongside."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from onevision.checkpoints.io import write_json, write_state_dict
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    with init_empty_weights():
+        model = LlavaOnevisionForConditionalGeneration(hf_config)
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tied and name.endswith("lm_head.weight"):
+            continue
+        key = name  # transformers' own module names (one of the layouts it and onevision read)
+        if "norm" in name and name.endswith("weight"):
+            state[key] = torch.ones(tensor.shape, dtype=dtype)
+        elif name.endswith("bias"):
+            state[key] = torch.zeros(tensor.shape, dtype=dtype)
+        else:
+            state[key] = (torch.randn(tensor.shape, generator=gen) * std).to(dtype)
+    d = Path(directory)
+    write_state_dict(state, d, max_shard_bytes=max_shard_bytes)
+    config = hf_config.to_dict()
+    config["architectures"] = ["LlavaOnevisionForConditionalGeneration"]
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    write_json(config, d / "config.json")
+    (tokenizer if tokenizer is not None else tiny_tokenizer()).save_pretrained(str(d))
+    return d
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_reset() -> int:
+    """Reset this process's peak RSS to its current RSS (Linux ``clear_refs``) and return the current RSS (bytes).
+
+    Measure peaks with :func:`peak_rss` (``VmHWM``), not ``ru_maxrss``: a process started by ``fork`` + ``exec``
+    inherits its parent's RSS at the fork into ``ru_maxrss``."""
+    import contextlib
+
+    with contextlib.suppress(OSError):  # kernels without clear_refs: VmHWM then counts from the exec
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes since the exec or the last :func:`peak_rss_reset`."""
+    return _status_bytes("VmHWM")

@@ -1,0 +1,212 @@
+"""Loading without copies: meta build + one materialisation per weight, checked against the eager loading path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import onevision
+from onevision.errors import ConfigError, InputError
+from tests.model.conftest import _hf_config, chatml, hf_processor, random_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _eager_load(directory: Path, fmt: str):
+    """The loading path before meta builds: a real fp32 model, the whole state dict read, ``load_state_dict``."""
+    from onevision.bundle import _grow_vocab, build_bundle
+    from onevision.checkpoints.hf import HF_TO_NATIVE, _hf_processor_dict, hf_to_config
+    from onevision.checkpoints.io import read_config, read_state_dict
+    from onevision.checkpoints.mapping import remap
+    from onevision.config import OneVisionConfig
+    from onevision.llm import load_tokenizer
+    from onevision.model import fast_init
+
+    if fmt == "onevision":
+        config, state = OneVisionConfig.from_dict(read_config(directory)), read_state_dict(directory)
+    else:
+        config = hf_to_config(read_config(directory), _hf_processor_dict(directory))
+        state = remap(read_state_dict(directory), HF_TO_NATIVE, str(directory))
+    with fast_init():
+        bundle = build_bundle(config, tokenizer=load_tokenizer(str(directory)))
+    assert not any(p.is_meta for p in bundle.model.parameters())
+    bundle.model.load_checkpoint_state(_grow_vocab(state, bundle.model.state_dict()), str(directory))
+    return bundle.model.eval()
+
+
+def _inputs(pipe):
+    image = random_image(150, 90, seed=3)
+    return dict(pipe.processor(text=chatml("<image>\nWhat is this?"), images=[image]))
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory, hf_dir):
+    d = tmp_path_factory.mktemp("native")
+    onevision.load(str(hf_dir)).save(str(d))
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["hf", "onevision"])
+def test_meta_load_equals_eager_load_exactly(fmt, hf_dir, native_dir):
+    d = hf_dir if fmt == "hf" else native_dir
+    pipe = onevision.load(str(d))
+    model = pipe.model
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    old = _eager_load(d, fmt)
+    inputs = _inputs(pipe)
+    assert torch.equal(_logits(model, inputs), _logits(old, inputs))
+    # buffers no checkpoint stores were computed as in a normal build
+    old_buffers = dict(old.named_buffers())
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, old_buffers[name]), name
+
+
+def test_sharded_native_checkpoint_loads_lazily(tmp_path, native_dir):
+    pipe = onevision.load(str(native_dir))
+    pipe.model.save_pretrained(tmp_path, max_shard_bytes=200_000)
+    pipe.processor.tokenizer.save_pretrained(str(tmp_path))
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    again = onevision.load(str(tmp_path))
+    inputs = _inputs(pipe)
+    assert torch.equal(_logits(again.model, inputs), _logits(pipe.model, inputs))
+    model = onevision.OneVisionModel.from_pretrained(tmp_path)
+    assert torch.equal(_logits(model, inputs), _logits(pipe.model, inputs))
+
+
+def test_tied_embeddings_stay_tied(tokenizer, tmp_path):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    torch.manual_seed(2)
+    LlavaOnevisionForConditionalGeneration(_hf_config(tokenizer, tie=True)).save_pretrained(tmp_path)
+    hf_processor(tokenizer).save_pretrained(tmp_path)
+    for dtype in (None, torch.bfloat16):
+        lm = onevision.load(str(tmp_path), dtype=dtype).model.language_model
+        head, embed = lm.lm_head.weight, lm.get_input_embeddings().weight
+        assert head is embed and head.data_ptr() == embed.data_ptr()
+        assert not head.is_meta and head.dtype == (dtype or torch.float32)
+
+
+def _no_fp32_copies(monkeypatch):
+    """Fail on any whole-module cast (``Module.to`` / ``.float()`` / ``.half()`` all go through ``_apply``) and
+    record every fp32 tensor of >= 1024 elements made by ``Tensor.to`` off the meta device."""
+    made: list[tuple[int, ...]] = []
+
+    def no_apply(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was cast as a whole")
+
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        real = not out.is_meta and out.data_ptr() != self.data_ptr()
+        if real and out.dtype == torch.float32 and out.numel() >= 1024:
+            made.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "_apply", no_apply)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return made
+
+
+def test_bf16_load_allocates_no_fp32_model(tmp_path, native_dir, monkeypatch):
+    reference = onevision.load(str(native_dir), dtype=torch.bfloat16)
+    reference.model.save_pretrained(tmp_path)
+    reference.processor.tokenizer.save_pretrained(str(tmp_path))
+    made = _no_fp32_copies(monkeypatch)
+    pipe = onevision.load(str(tmp_path), dtype=torch.bfloat16)  # a bf16 checkpoint, loaded as bf16
+    monkeypatch.undo()
+    assert made == []
+    assert {p.dtype for p in pipe.model.parameters()} == {torch.bfloat16}
+    # fp32 checkpoint -> bf16: each weight is cast alone, never the model
+    _no_fp32_copies(monkeypatch)
+    cast = onevision.load(str(native_dir), dtype=torch.bfloat16)
+    monkeypatch.undo()
+    for (name, a), b in zip(cast.model.named_parameters(), reference.model.parameters()):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b), name
+
+
+def test_device_and_device_map(native_dir):
+    base = onevision.load(str(native_dir))
+    inputs = _inputs(base)
+    expected = _logits(base.model, inputs)
+    maps = [
+        {"device": "cpu"},
+        {"device_map": "cpu"},
+        {
+            "device_map": {
+                "vision_tower": "cpu",
+                "projector": "cpu",
+                "language_model": "cpu",
+                "image_newline": "cpu",
+            }
+        },
+        {"device_map": "auto", "max_memory": {"cpu": "2GiB"}},
+    ]
+    for options in maps:
+        model = onevision.load(str(native_dir), **options).model
+        assert model.device == torch.device("cpu")
+        assert torch.equal(_logits(model, inputs), expected), options
+    with pytest.raises(InputError, match="not both"):
+        onevision.load(str(native_dir), device="cpu", device_map="cpu")
+    with pytest.raises(ConfigError, match="no module holding"):
+        onevision.load(str(native_dir), device_map={"vision_tower": "cpu"})
+    with pytest.raises(ConfigError, match="disk"):
+        onevision.load(str(native_dir), device_map={"": "disk"})
+
+
+def test_attn_implementation(hf_dir):
+    pipe = onevision.load(str(hf_dir), attn_implementation="eager")
+    assert pipe.model.language_model.config._attn_implementation == "eager"
+    assert pipe.model.vision_tower.model.config._attn_implementation == "eager"
+    inputs = _inputs(pipe)
+    sdpa = onevision.load(str(hf_dir), attn_implementation="sdpa")
+    assert (_logits(pipe.model, inputs) - _logits(sdpa.model, inputs)).abs().max() <= 1e-4
+
+
+_PEAK = """
+import json, sys
+import torch, onevision, transformers
+from transformers import Qwen2ForCausalLM, SiglipVisionModel  # imports before measuring
+from onevision.testing import peak_rss_reset, peak_rss
+before = peak_rss_reset()
+pipe = onevision.load(sys.argv[1], dtype=torch.bfloat16)
+n = sum(p.numel() * p.element_size() for p in pipe.model.parameters())
+print(json.dumps({"growth": peak_rss() - before, "params": n}))
+"""
+
+
+def test_peak_memory_stays_near_checkpoint_size(tmp_path, tokenizer):
+    from onevision.testing import TINY, random_hf_checkpoint
+
+    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
+    spec = spec.replace(tie_word_embeddings=True)
+    config = spec.hf_config(
+        vocab_size=65536,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    random_hf_checkpoint(tmp_path, config, tokenizer, dtype=torch.bfloat16)
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    assert size > 250e6
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert abs(result["params"] - size) < 0.01 * size  # bf16 params, the tied head counted once
+    # the eager path needed ~3x (fp32 build + cast + full state dict); here: the weights, one tensor, slack
+    assert result["growth"] <= 1.15 * size + 96e6, (result, size)
