@@ -170,8 +170,6 @@ class OneVisionModel(nn.Module):
         return state
 
     def _materialize(self, state, dtype, device, device_map, max_memory, tied) -> None:
-        from accelerate.utils import set_module_tensor_to_device
-
         placement = _device_map(self, device_map, max_memory, dtype) if device_map is not None else None
 
         def where(name: str) -> Any:
@@ -181,12 +179,10 @@ class OneVisionModel(nn.Module):
 
         for key, value in state.items():
             target = where(key)
-            tensor = as_tensor(value, target, dtype)
-            set_module_tensor_to_device(self, key, target, value=tensor, dtype=tensor.dtype)
-            del tensor
+            _assign(self, key, as_tensor(value, target, dtype))
         for name, buffer in list(self.named_buffers()):
-            if name not in state and buffer.device != torch.device(where(name)):
-                set_module_tensor_to_device(self, name, where(name), value=buffer)
+            if name not in state and buffer.device != where(name):
+                _assign(self, name, buffer.to(where(name)))
         if tied:
             self.language_model.tie_weights()
         left = [n for n, p in self.named_parameters() if p.is_meta]
@@ -517,6 +513,19 @@ class OneVisionModel(nn.Module):
             streamer=streamer,
             stopping_criteria=stopping_criteria,
         )
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of the parameter or buffer ``name`` (meta or not), keeping ``requires_grad``."""
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    old = module._parameters.get(leaf)
+    if old is not None:
+        module._parameters[leaf] = type(old)(tensor, requires_grad=old.requires_grad)
+    elif leaf in module._buffers:
+        module._buffers[leaf] = tensor
+    else:
+        raise CheckpointError(f"the model has no parameter or buffer {name!r}")
 
 
 def _device_map(model: nn.Module, device_map: Any, max_memory: Any, dtype: Any) -> dict[str, Any]:

@@ -77,31 +77,41 @@ def read_state_dict(directory: str | Path) -> dict[str, Any]:
     return state
 
 
+class _Shard:
+    """One safetensors file, opened once (``safe_open`` memory-maps it); tensors read from it are views of the
+    mapping until cast or moved, and keep it alive themselves."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        self.handle = safe_open(str(path), framework="pt")
+
+
 class LazyTensor:
-    """One tensor of a safetensors file, read only when :meth:`load` is called (``safe_open``, memory-mapped).
+    """One tensor of a safetensors file, read only when :meth:`load` is called (memory-mapped, no copy on CPU).
 
     ``shape`` and ``dtype`` come from the file header, so keys and shapes can be checked before any weight is read.
     """
 
-    __slots__ = ("dtype", "key", "path", "shape")
+    __slots__ = ("dtype", "key", "shape", "shard")
 
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: Any):
-        self.path, self.key, self.shape, self.dtype = path, key, shape, dtype
+    def __init__(self, shard: _Shard, key: str, shape: tuple[int, ...], dtype: Any):
+        self.shard, self.key, self.shape, self.dtype = shard, key, shape, dtype
+
+    @property
+    def path(self) -> Path:
+        return self.shard.path
 
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
     def load(self, device: Any = "cpu", dtype: Any = None) -> Any:
-        """The tensor on ``device``, cast to ``dtype`` (only this tensor is ever held twice, while casting)."""
-        from safetensors import safe_open
-
-        with safe_open(
-            str(self.path), framework="pt", device=str(device) if device is not None else "cpu"
-        ) as f:
-            tensor = f.get_tensor(self.key)
+        """The tensor on ``device`` in ``dtype``: a view of the mapped file when both match it, else one copy."""
+        tensor = self.shard.handle.get_tensor(self.key)
         if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        return tensor
+            tensor = tensor.to(device=device, dtype=dtype)
+        return tensor.to(device)
 
     def __repr__(self) -> str:
         return f"LazyTensor({self.path.name}:{self.key}, shape={self.shape}, dtype={self.dtype})"
@@ -126,15 +136,13 @@ def open_state_dict(directory: str | Path) -> dict[str, Any]:
         if path.suffix != ".safetensors":
             state.update(torch.load(str(path), map_location="cpu", weights_only=True))
             continue
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-                sl = f.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
-                if dtype is None:
-                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {sl.get_dtype()}")
-                state[key] = LazyTensor(path, key, tuple(sl.get_shape()), dtype)
+        shard = _Shard(path)
+        for key in shard.handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+            sl = shard.handle.get_slice(key)
+            dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+            if dtype is None:
+                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {sl.get_dtype()}")
+            state[key] = LazyTensor(shard, key, tuple(sl.get_shape()), dtype)
     return state
 
 
