@@ -210,3 +210,21 @@ def test_peak_memory_stays_near_checkpoint_size(tmp_path, tokenizer):
     assert abs(result["params"] - size) < 0.01 * size  # bf16 params, the tied head counted once
     # the eager path needed ~3x (fp32 build + cast + full state dict); here: the weights, one tensor, slack
     assert result["growth"] <= 1.15 * size + 96e6, (result, size)
+
+
+def test_mapped_weights_are_private(tmp_path, native_dir):
+    """Weights are views of the memory-mapped files: saving over those files and writing the weights in place
+    (training) must leave both sides intact."""
+    import shutil
+
+    shutil.copytree(native_dir, tmp_path / "m")
+    pipe = onevision.load(str(tmp_path / "m"))
+    inputs = _inputs(pipe)
+    before = _logits(pipe.model, inputs)
+    pipe.save(str(tmp_path / "m"))  # replaces the very files the weights are mapped from
+    assert torch.equal(_logits(pipe.model, inputs), before)
+    weight = pipe.model.language_model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight.add_(1.0)
+    stored = onevision.load(str(tmp_path / "m")).model.language_model.get_input_embeddings().weight
+    assert torch.equal(stored + 1.0, weight)
