@@ -185,7 +185,7 @@ class OneVisionModel(nn.Module):
                 _assign(self, name, buffer.to(where(name)))
         if tied:
             self.language_model.tie_weights()
-        left = [n for n, p in self.named_parameters() if p.is_meta]
+        left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if left:
             raise CheckpointError(f"weights not in the checkpoint stayed unset: {left[:8]}")
         if placement is not None and len({str(d) for d in placement.values()}) > 1:
