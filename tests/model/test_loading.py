@@ -228,3 +228,95 @@ def test_mapped_weights_are_private(tmp_path, native_dir):
         weight.add_(1.0)
     stored = onevision.load(str(tmp_path / "m")).model.language_model.get_input_embeddings().weight
     assert torch.equal(stored + 1.0, weight)
+
+
+_CONVERT_PEAK = """
+import json, sys
+import torch, onevision, transformers
+from transformers import Qwen2ForCausalLM, SiglipVisionModel  # imports before measuring
+from onevision.checkpoints import convert
+from onevision.testing import peak_rss_reset, peak_rss
+before = peak_rss_reset()
+convert(sys.argv[1], sys.argv[2], to=sys.argv[3])
+print(json.dumps({"growth": peak_rss() - before}))
+"""
+
+
+@pytest.mark.parametrize("target", ["onevision", "hf"])
+def test_convert_never_holds_two_copies(tmp_path, tokenizer, target):
+    """Converting a 280 MB checkpoint grows RSS by about one checkpoint (mapped weights read once while
+    written), never by two full copies."""
+    from onevision.testing import TINY, random_hf_checkpoint
+
+    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
+    config = spec.replace(tie_word_embeddings=True).hf_config(
+        vocab_size=65536,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    src = tmp_path / "src"
+    random_hf_checkpoint(src, config, tokenizer, dtype=torch.bfloat16)
+    size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    out = subprocess.run(
+        [sys.executable, "-c", _CONVERT_PEAK, str(src), str(tmp_path / "dst"), target],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    growth = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+    assert growth <= 1.15 * size + 96e6, (growth, size)  # two copies would be >= 2x
+    assert sum(p.stat().st_size for p in (tmp_path / "dst").glob("*.safetensors")) > 0.9 * size
+
+
+_FROM_CONFIG_PEAK = """
+import json, sys
+import torch, onevision, transformers
+from transformers import Qwen2ForCausalLM, SiglipVisionModel  # imports before measuring
+from onevision.config import LLMConfig, OneVisionConfig, ProjectorConfig, VisionConfig
+from onevision.testing import peak_rss, peak_rss_reset, tiny_tokenizer
+tokenizer = tiny_tokenizer()
+config = OneVisionConfig(
+    vision=VisionConfig(backend="transformers", arch="siglip", pretrained=sys.argv[1] + "/vision"),
+    projector=ProjectorConfig("mlp2x_gelu"),
+    llm=LLMConfig(model_type="qwen2", pretrained=sys.argv[1] + "/llm"),
+)
+before = peak_rss_reset()
+pipe = onevision.from_config(config, tokenizer=tokenizer, dtype=torch.bfloat16)
+dtypes = sorted({str(p.dtype) for p in pipe.model.parameters()})
+print(json.dumps({"growth": peak_rss() - before, "dtypes": dtypes}))
+"""
+
+
+def test_from_config_loads_pretrained_components_without_an_fp32_detour(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    vision = SiglipVisionConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
+    )
+    SiglipVisionModel(vision).to(torch.bfloat16).save_pretrained(tmp_path / "vision")
+    llm = Qwen2Config(
+        vocab_size=65536, hidden_size=1024, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    Qwen2ForCausalLM(llm).to(torch.bfloat16).save_pretrained(tmp_path / "llm")
+    size = sum(p.stat().st_size for p in tmp_path.rglob("*.safetensors"))
+    assert size > 250e6
+    out = subprocess.run(
+        [sys.executable, "-c", _FROM_CONFIG_PEAK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["dtypes"] == ["torch.bfloat16"]
+    assert result["growth"] <= 1.15 * size + 96e6, (result, size)  # an fp32 build + cast would be >= 2x
