@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from onevision.commands.chat import _positive_int, check_device
+from onevision.commands.chat import _finite_float, _positive_int, check_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -129,27 +129,15 @@ def _port(text: str) -> int:
     return value
 
 
-def _float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def _positive_float(text: str) -> float:
-    value = _float(text)
+    value = _finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    value = _float(text)
+    value = _finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
     return value

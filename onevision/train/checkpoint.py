@@ -395,11 +395,18 @@ def _inside(root: Path, path: Path) -> bool:
     return True
 
 
-def _fault_point(where: str, step: int) -> None:
-    """Fault injection for crash tests: ``ONEVISION_FAULT=kill_in_save:<step>`` SIGKILLs this process after the
-    checkpoint files of ``step`` are written and before the checkpoint is committed."""
+def fault_steps(kind: str) -> set[int]:
+    """Fault injection for crash tests: the steps ``ONEVISION_FAULT=<kind>:<step>[,<step>...]`` names for ``kind``
+    (``kill_in_save``: SIGKILL between writing and committing a checkpoint; ``nan_loss``: a NaN loss)."""
     spec = os.environ.get("ONEVISION_FAULT", "")
-    if spec == f"kill_in_{where}:{step}":
+    if not spec.startswith(f"{kind}:"):
+        return set()
+    return {int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()}
+
+
+def _fault_point(where: str, step: int) -> None:
+    """SIGKILL this process here if ``ONEVISION_FAULT=kill_in_<where>:<step>`` asks for it (see :func:`fault_steps`)."""
+    if step in fault_steps(f"kill_in_{where}"):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)

@@ -35,6 +35,7 @@ from onevision.train.build import (
 )
 from onevision.train.checkpoint import (
     CheckpointManager,
+    fault_steps,
     load_json,
     load_rng,
     no_pickle,
@@ -258,7 +259,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     fallback: dict[str, Any] | None = None
     model.train()
     stop_at = total if stop_after is None else min(total, step + stop_after)
-    nan_steps = _injected_nan_steps()
+    nan_steps = fault_steps("nan_loss")  # fault injection (tests): a NaN loss at these steps
     bad_run = 0
     t_last = time.perf_counter()
     while step < stop_at:
@@ -402,14 +403,6 @@ def _skip_totals(stats: DataStats, load_skipped: int, bad_steps: int) -> dict[st
 def _format_skips(skipped: dict[str, dict[str, int]]) -> str:
     parts = [f"{where} {reason}: {n}" for where, reasons in skipped.items() for reason, n in reasons.items()]
     return "; ".join(parts) or "nothing"
-
-
-def _injected_nan_steps() -> set[int]:
-    """Fault injection for tests: ``ONEVISION_FAULT=nan_loss:3,4`` makes the loss of steps 3 and 4 NaN."""
-    spec = os.environ.get("ONEVISION_FAULT", "")
-    if not spec.startswith("nan_loss:"):
-        return set()
-    return {int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()}
 
 
 def _build_whole_model(recipe: Recipe) -> Any:

@@ -173,6 +173,34 @@ def test_attn_implementation(hf_dir):
     assert (_logits(pipe.model, inputs) - _logits(sdpa.model, inputs)).abs().max() <= 1e-4
 
 
+def _measure(script: str, *args: str) -> dict:
+    """Run ``script`` in a fresh interpreter (repository on the path, one thread, offline); its last stdout line
+    is a JSON record."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _write_big_hf_checkpoint(directory, tokenizer, *, tied: bool = True) -> int:
+    """A ~280 MB random bf16 HF checkpoint (wide LLM, large vocabulary); returns its weight bytes."""
+    from onevision.testing import TINY, random_hf_checkpoint
+
+    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
+    config = spec.replace(tie_word_embeddings=tied).hf_config(
+        vocab_size=65536,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    random_hf_checkpoint(directory, config, tokenizer, dtype=torch.bfloat16)
+    return sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+
+
 _PEAK = """
 import json, sys
 import torch, onevision, transformers
@@ -186,27 +214,9 @@ print(json.dumps({"growth": peak_rss() - before, "params": n}))
 
 
 def test_peak_memory_stays_near_checkpoint_size(tmp_path, tokenizer):
-    from onevision.testing import TINY, random_hf_checkpoint
-
-    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
-    spec = spec.replace(tie_word_embeddings=True)
-    config = spec.hf_config(
-        vocab_size=65536,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-    )
-    random_hf_checkpoint(tmp_path, config, tokenizer, dtype=torch.bfloat16)
-    size = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    size = _write_big_hf_checkpoint(tmp_path, tokenizer)
     assert size > 250e6
-    out = subprocess.run(
-        [sys.executable, "-c", _PEAK, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _measure(_PEAK, str(tmp_path))
     assert abs(result["params"] - size) < 0.01 * size  # bf16 params, the tied head counted once
     # the eager path needed ~3x (fp32 build + cast + full state dict); here: the weights, one tensor, slack
     assert result["growth"] <= 1.15 * size + 96e6, (result, size)
@@ -246,26 +256,9 @@ print(json.dumps({"growth": peak_rss() - before}))
 def test_convert_never_holds_two_copies(tmp_path, tokenizer, target):
     """Converting a 280 MB checkpoint grows RSS by about one checkpoint (mapped weights read once while
     written), never by two full copies."""
-    from onevision.testing import TINY, random_hf_checkpoint
-
-    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
-    config = spec.replace(tie_word_embeddings=True).hf_config(
-        vocab_size=65536,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
-    )
     src = tmp_path / "src"
-    random_hf_checkpoint(src, config, tokenizer, dtype=torch.bfloat16)
-    size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-    out = subprocess.run(
-        [sys.executable, "-c", _CONVERT_PEAK, str(src), str(tmp_path / "dst"), target],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    growth = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+    size = _write_big_hf_checkpoint(src, tokenizer)
+    growth = _measure(_CONVERT_PEAK, str(src), str(tmp_path / "dst"), target)["growth"]
     assert growth <= 1.15 * size + 96e6, (growth, size)  # two copies would be >= 2x
     assert sum(p.stat().st_size for p in (tmp_path / "dst").glob("*.safetensors")) > 0.9 * size
 
@@ -309,14 +302,6 @@ def test_from_config_loads_pretrained_components_without_an_fp32_detour(tmp_path
     Qwen2ForCausalLM(llm).to(torch.bfloat16).save_pretrained(tmp_path / "llm")
     size = sum(p.stat().st_size for p in tmp_path.rglob("*.safetensors"))
     assert size > 250e6
-    out = subprocess.run(
-        [sys.executable, "-c", _FROM_CONFIG_PEAK, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _measure(_FROM_CONFIG_PEAK, str(tmp_path))
     assert result["dtypes"] == ["torch.bfloat16"]
     assert result["growth"] <= 1.15 * size + 96e6, (result, size)  # an fp32 build + cast would be >= 2x

@@ -98,7 +98,6 @@ dist.destroy_process_group()
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(sys.platform != "linux", reason="reads the process's sockets from /proc")
 def test_two_process_gloo_launch_talks_over_loopback_only(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
