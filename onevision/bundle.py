@@ -80,6 +80,7 @@ def restore_bundle(
     device: Any = None,
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     attn_implementation: str | None = None,
 ) -> Bundle:
     """Build a bundle from ``config`` offline, then load native-named ``state`` into it strictly (eval mode).
@@ -114,6 +115,7 @@ def restore_bundle(
         device=device,
         device_map=device_map,
         max_memory=max_memory,
+        offload_folder=offload_folder,
     )
     bundle.model.eval()
     return bundle

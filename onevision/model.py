@@ -32,6 +32,7 @@ from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
 from onevision.errors import CheckpointError, ConfigError, InputError, KeyMismatchError
 from onevision.llm import build_llm, export_llm_config, set_activation_checkpointing
+from onevision.placement import DISK, DiskOffload, execution_device, placed, resolve_device_map
 from onevision.policy import ModalityPolicy
 from onevision.projectors import build_projector
 
@@ -122,6 +123,7 @@ class OneVisionModel(nn.Module):
         device: Any = None,
         device_map: Any = None,
         max_memory: dict[Any, Any] | None = None,
+        offload_folder: str | os.PathLike[str] | None = None,
     ) -> None:
         """Load native-named ``state`` (tensors or :class:`~onevision.checkpoints.io.LazyTensor`) strictly:
         :class:`KeyMismatchError` names missing/unexpected weights, :class:`CheckpointError` mismatched shapes.
@@ -130,14 +132,14 @@ class OneVisionModel(nn.Module):
         On a model built with :func:`empty_init` (meta parameters), or when ``dtype`` / ``device`` /
         ``device_map`` is given, each parameter is materialised once, read from the file straight into ``dtype``
         on its device (``device_map``: a dict ``module prefix -> device`` or ``"auto"`` with ``max_memory``, through
-        accelerate). Otherwise the tensors are copied into the existing parameters."""
+        accelerate; modules on ``"disk"`` read their weights at each forward, see :mod:`onevision.placement`). Otherwise the tensors are copied into the existing parameters."""
         state = self._checked_state(state, source, drop)
         tied = bool(getattr(self.language_model.config, "tie_word_embeddings", False))
         meta = any(t.is_meta for t in self.parameters())
         if not meta and dtype is None and device is None and device_map is None:
             self.load_state_dict({k: as_tensor(v) for k, v in state.items()}, strict=False)
         else:
-            self._materialize(state, dtype, device, device_map, max_memory, tied)
+            self._materialize(state, dtype, device, device_map, max_memory, tied, offload_folder)
         if tied:
             self.language_model.tie_weights()
 
@@ -169,29 +171,44 @@ class OneVisionModel(nn.Module):
             state.pop(_LM_HEAD, None)  # the head is the embedding matrix: read it once
         return state
 
-    def _materialize(self, state, dtype, device, device_map, max_memory, tied) -> None:
-        placement = _device_map(self, device_map, max_memory, dtype) if device_map is not None else None
+    def _materialize(self, state, dtype, device, device_map, max_memory, tied, offload_folder=None) -> None:
+        placement = (
+            resolve_device_map(self, device_map, max_memory, dtype) if device_map is not None else None
+        )
+        run_on = execution_device(placement) if placement is not None else None
+        disk = DiskOffload(offload_folder)
 
         def where(name: str) -> Any:
             if placement is None:
                 return torch.device("cpu") if device is None else torch.device(device)
-            return _placed(placement, name)
+            return placed(placement, name)
 
+        params = {n for n, _ in self.named_parameters(remove_duplicate=False)}
         for key, value in state.items():
             target = where(key)
-            _assign(self, key, as_tensor(value, target, dtype))
+            if str(target) == DISK and key in params:
+                # stays on meta (in its target dtype): accelerate's hook reads it at each forward
+                disk.add(key, value, dtype)
+                meta_dtype = dtype if dtype is not None and value.is_floating_point() else value.dtype
+                _assign(self, key, torch.empty(tuple(value.shape), dtype=meta_dtype, device="meta"))
+            else:
+                _assign(self, key, as_tensor(value, run_on if str(target) == DISK else target, dtype))
         for name, buffer in list(self.named_buffers()):
-            if name not in state and buffer.device != where(name):
-                _assign(self, name, buffer.to(where(name)))
+            target = where(name)
+            target = run_on if str(target) == DISK else target
+            if name not in state and buffer.device != target:
+                _assign(self, name, buffer.to(target))
         if tied:
             self.language_model.tie_weights()
-        left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
+        left = [
+            n
+            for n, t in [*self.named_parameters(), *self.named_buffers()]
+            if t.is_meta and n not in disk.index and not (tied and n == _LM_HEAD and _EMBED in disk.index)
+        ]
         if left:
             raise CheckpointError(f"weights not in the checkpoint stayed unset: {left[:8]}")
-        if placement is not None and len({str(d) for d in placement.values()}) > 1:
-            from accelerate import dispatch_model
-
-            dispatch_model(self, device_map=placement)
+        if placement is not None and (disk.index or len({str(d) for d in placement.values()}) > 1):
+            disk.dispatch(self, placement)
 
     def save_pretrained(
         self,
@@ -226,6 +243,7 @@ class OneVisionModel(nn.Module):
         device: Any = None,
         device_map: Any = None,
         max_memory: dict[Any, Any] | None = None,
+        offload_folder: str | os.PathLike[str] | None = None,
     ) -> OneVisionModel:
         """Load a native directory written by :meth:`save_pretrained` (or a whole native checkpoint), offline, in
         eval mode; ``dtype`` defaults to the stored one. No tokenizer is read: the stored LLM config already has
@@ -244,7 +262,13 @@ class OneVisionModel(nn.Module):
         with empty_init():
             model = cls(config)
         model.load_checkpoint_state(
-            state, str(d), dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+            state,
+            str(d),
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
         )
         model.eval()
         return model
@@ -526,38 +550,6 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         module._buffers[leaf] = tensor
     else:
         raise CheckpointError(f"the model has no parameter or buffer {name!r}")
-
-
-def _device_map(model: nn.Module, device_map: Any, max_memory: Any, dtype: Any) -> dict[str, Any]:
-    """``device_map`` as a dict ``module prefix -> device``: a dict as given, a device string for everything, or
-    ``"auto"`` (accelerate's ``infer_auto_device_map`` over ``max_memory``, decoder blocks never split)."""
-    if isinstance(device_map, dict):
-        placement = dict(device_map)
-    elif device_map == "auto":
-        from accelerate import infer_auto_device_map
-
-        no_split = sorted({c for m in model.modules() for c in (getattr(m, "_no_split_modules", None) or ())})
-        placement = infer_auto_device_map(
-            model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype
-        )
-    elif isinstance(device_map, (str, torch.device, int)):
-        placement = {"": device_map}
-    else:
-        raise ConfigError(f"device_map={device_map!r}: expected a dict, a device or 'auto'")
-    bad = sorted({str(d) for d in placement.values() if str(d) == "disk"})
-    if bad:
-        raise ConfigError("device_map places weights on 'disk': disk offload is not supported")
-    return placement
-
-
-def _placed(placement: dict[str, Any], name: str) -> torch.device:
-    best = max(
-        (p for p in placement if p == "" or name == p or name.startswith(p + ".")), key=len, default=None
-    )
-    if best is None:
-        raise ConfigError(f"device_map places no module holding {name!r}")
-    device = placement[best]
-    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
 
 
 def _frames(layout: Any) -> int:

@@ -231,6 +231,7 @@ def load(
     format: str = "auto",
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     attn_implementation: str | None = None,
     **kwargs: Any,
 ) -> Pipeline:
@@ -240,13 +241,20 @@ def load(
     The model is built on the meta device and each weight is read once from the memory-mapped safetensors
     straight into ``dtype`` (default: the checkpoint's) on ``device`` (default CPU). ``device_map``: a device,
     a dict ``module prefix -> device`` (e.g. ``{"vision_tower": "cuda:0", "language_model": "cuda:1", ...}``) or
-    ``"auto"`` (accelerate, bounded by ``max_memory``); disk offload is not supported. ``attn_implementation``
-    (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower."""
+    ``"auto"`` (accelerate, bounded by ``max_memory``; what does not fit goes to ``"disk"``). Modules on
+    ``"disk"`` read their weights at each forward straight from the checkpoint's safetensors (no copy); weights
+    from ``*.bin`` files need ``offload_folder`` (a new or empty folder) to be written to once.
+    ``attn_implementation`` (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower."""
     from onevision.checkpoints.conversion import load_checkpoint
 
     if device is not None and device_map is not None:
         raise InputError("pass device or device_map, not both")
-    placement = {"device": device, "device_map": device_map, "max_memory": max_memory}
+    placement = {
+        "device": device,
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "offload_folder": offload_folder,
+    }
     if attn_implementation is not None:
         placement["attn_implementation"] = attn_implementation
     bundle = load_checkpoint(

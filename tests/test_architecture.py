@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("components", ("onevision.encoders", "onevision.projectors", "onevision.llm", "onevision.templates")),
-    ("model", ("onevision.model",)),
+    ("model", ("onevision.placement", "onevision.model")),
     (
         "processor",
         (

@@ -173,6 +173,7 @@ def import_hf(
     device: Any = None,
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     attn_implementation: str | None = None,
 ) -> Bundle:
     """Load an HF ``llava_onevision`` checkpoint (any of the three key layouts)."""
@@ -189,6 +190,7 @@ def import_hf(
         device=device,
         device_map=device_map,
         max_memory=max_memory,
+        offload_folder=offload_folder,
         attn_implementation=attn_implementation,
     )
     for kind, want, got in (

@@ -71,9 +71,7 @@ def read_state_dict(directory: str | Path) -> dict[str, Any]:
 
             state.update(load_file(str(path)))
         else:
-            import torch
-
-            state.update(torch.load(str(path), map_location="cpu", weights_only=True))
+            state.update(_load_bin(path))
     return state
 
 
@@ -128,13 +126,12 @@ def as_tensor(value: Any, device: Any = None, dtype: Any = None) -> Any:
 
 def open_state_dict(directory: str | Path) -> dict[str, Any]:
     """The tensors of :func:`weight_files` without reading them: :class:`LazyTensor` per safetensors tensor
-    (sharded or not); ``*.bin`` files are read eagerly (``torch.load(weights_only=True)``, nothing unpickled)."""
-    import torch
-
+    (sharded or not); ``*.bin`` files in torch's zip format are memory-mapped (``torch.load(weights_only=True,
+    mmap=True)``, nothing unpickled), a legacy ``*.bin`` is read whole."""
     state: dict[str, Any] = {}
     for path in weight_files(directory):
         if path.suffix != ".safetensors":
-            state.update(torch.load(str(path), map_location="cpu", weights_only=True))
+            state.update(_load_bin(path))
             continue
         shard = _Shard(path)
         for key in shard.handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
@@ -144,6 +141,16 @@ def open_state_dict(directory: str | Path) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {sl.get_dtype()}")
             state[key] = LazyTensor(shard, key, tuple(sl.get_shape()), dtype)
     return state
+
+
+def _load_bin(path: Path) -> dict[str, Any]:
+    """The tensors of a ``*.bin`` weights file, memory-mapped when its format allows (torch's zip format)."""
+    import zipfile
+
+    import torch
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _dtypes() -> dict[str, Any]:

@@ -58,6 +58,7 @@ def load_native(
     device: Any = None,
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     attn_implementation: str | None = None,
 ) -> Bundle:
     """Load a native checkpoint (offline: components are rebuilt from the stored config); the placement options
@@ -73,6 +74,7 @@ def load_native(
         device=device,
         device_map=device_map,
         max_memory=max_memory,
+        offload_folder=offload_folder,
         attn_implementation=attn_implementation,
     )
     if config.image_token_id is not None and bundle.processor.image_token_id != config.image_token_id:

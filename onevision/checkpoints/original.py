@@ -194,6 +194,7 @@ def import_original(
     device: Any = None,
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
     attn_implementation: str | None = None,
 ) -> Bundle:
     """Load an original LLaVA-NeXT / LLaVA-OneVision checkpoint (``LlavaQwenForCausalLM`` etc.).
@@ -229,6 +230,7 @@ def import_original(
         device=device,
         device_map=device_map,
         max_memory=max_memory,
+        offload_folder=offload_folder,
         attn_implementation=attn_implementation,
     )
 

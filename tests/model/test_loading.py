@@ -160,8 +160,78 @@ def test_device_and_device_map(native_dir):
         onevision.load(str(native_dir), device="cpu", device_map="cpu")
     with pytest.raises(ConfigError, match="no module holding"):
         onevision.load(str(native_dir), device_map={"vision_tower": "cpu"})
-    with pytest.raises(ConfigError, match="disk"):
-        onevision.load(str(native_dir), device_map={"": "disk"})
+
+
+def _disk_map(model) -> dict[str, str]:
+    """Vision tower, projector and the first decoder block in memory; every other block and the head on disk."""
+    n = len(model.language_model.model.layers)
+    placement = {"vision_tower": "cpu", "projector": "cpu", "image_newline": "cpu"}
+    placement.update({"language_model.model.embed_tokens": "cpu", "language_model.model.norm": "cpu"})
+    placement["language_model.model.rotary_emb"] = "cpu"
+    placement["language_model.model.layers.0"] = "cpu"
+    placement.update({f"language_model.model.layers.{i}": "disk" for i in range(1, n)})
+    placement["language_model.lm_head"] = "disk"
+    return placement
+
+
+def _disk_params(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.is_meta]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_disk_offload_reads_safetensors_in_place(native_dir, tmp_path, dtype):
+    base = onevision.load(str(native_dir), dtype=dtype)
+    inputs = _inputs(base)
+    placement = _disk_map(base.model)
+    pipe = onevision.load(str(native_dir), dtype=dtype, device_map=placement)
+    off = _disk_params(pipe.model)
+    # the offloaded blocks hold no memory: their parameters stay on the meta device between forwards
+    assert off and all(n.startswith(("language_model.model.layers.1", "language_model.lm_head")) for n in off)
+    assert torch.equal(_logits(pipe.model, inputs), _logits(base.model, inputs))
+    # generation runs through the hooks too, with the same tokens
+    ids = pipe.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(ids, base.model.generate(**inputs, max_new_tokens=4, do_sample=False))
+    # safetensors weights are read where they are: nothing was written anywhere
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_offload_auto_map_over_max_memory(native_dir):
+    base = onevision.load(str(native_dir))
+    inputs = _inputs(base)
+    size = sum(p.numel() * p.element_size() for p in base.model.parameters())
+    pipe = onevision.load(str(native_dir), device_map="auto", max_memory={"cpu": size // 2})
+    assert _disk_params(pipe.model), "half the memory must put some modules on disk"
+    assert torch.equal(_logits(pipe.model, inputs), _logits(base.model, inputs))
+
+
+def test_disk_offload_of_bin_weights_needs_a_folder_of_ours(native_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    base = onevision.load(str(native_dir))
+    inputs = _inputs(base)
+    binary = tmp_path / "bin"
+    base.save(str(binary))
+    state = {}
+    for f in sorted(binary.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+        f.unlink()
+    torch.save(state, binary / "pytorch_model.bin")  # torch's zip format: memory-mapped on load
+    placement = _disk_map(base.model)
+    with pytest.raises(ConfigError, match="offload_folder"):
+        onevision.load(str(binary), device_map=placement)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        onevision.load(str(binary), device_map=placement, offload_folder=str(user))
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    folder = tmp_path / "offload"
+    for _ in range(2):  # a folder written before is ours to reuse
+        pipe = onevision.load(str(binary), device_map=placement, offload_folder=str(folder))
+        assert torch.equal(_logits(pipe.model, inputs), _logits(base.model, inputs))
+    index = json.loads((folder / "index.json").read_text())
+    assert set(index) == set(_disk_params(pipe.model))
+    assert all((folder / f"{name}.dat").is_file() for name in index)
 
 
 def test_attn_implementation(hf_dir):
@@ -220,6 +290,54 @@ def test_peak_memory_stays_near_checkpoint_size(tmp_path, tokenizer):
     assert abs(result["params"] - size) < 0.01 * size  # bf16 params, the tied head counted once
     # the eager path needed ~3x (fp32 build + cast + full state dict); here: the weights, one tensor, slack
     assert result["growth"] <= 1.15 * size + 96e6, (result, size)
+
+
+_OFFLOADED = """
+import json, sys
+import torch, onevision, transformers
+from transformers import Qwen2ForCausalLM, SiglipVisionModel  # imports before measuring
+from onevision.testing import peak_rss_reset, peak_rss
+before = peak_rss_reset()
+placement = {"vision_tower": "cpu", "projector": "cpu", "image_newline": "cpu", "language_model": "disk"}
+placement["language_model.model.embed_tokens"] = "cpu"
+pipe = onevision.load(sys.argv[1], device_map=placement)
+resident = sum(p.numel() * p.element_size() for p in pipe.model.parameters() if not p.is_meta)
+print(json.dumps({"growth": peak_rss() - before, "resident": resident}))
+"""
+
+_BIN = """
+import json, sys
+import torch
+from onevision.checkpoints.io import open_state_dict
+from onevision.testing import peak_rss_reset, peak_rss
+before = peak_rss_reset()
+state = open_state_dict(sys.argv[1])
+print(json.dumps({"growth": peak_rss() - before, "tensors": len(state)}))
+"""
+
+
+def test_disk_offload_keeps_only_the_resident_weights_in_memory(tmp_path, tokenizer):
+    size = _write_big_hf_checkpoint(tmp_path, tokenizer, tied=False)
+    result = _measure(_OFFLOADED, str(tmp_path))
+    assert result["resident"] < 0.6 * size  # the decoder blocks and the head stay on disk
+    assert result["growth"] <= 1.15 * result["resident"] + 96e6, (result, size)
+
+
+def test_bin_checkpoints_are_memory_mapped(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    big = tmp_path / "big"
+    size = _write_big_hf_checkpoint(big, tokenizer)
+    state = {}
+    for f in sorted(big.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    torch.save(state, binary / "pytorch_model.bin")
+    del state
+    result = _measure(_BIN, str(binary))
+    assert result["tensors"] > 10
+    assert result["growth"] <= 0.1 * size, (result, size)  # read whole, it would be the full size
 
 
 def test_mapped_weights_are_private(tmp_path, native_dir):
