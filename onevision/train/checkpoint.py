@@ -427,8 +427,7 @@ def _fsync_dir(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory; the files are synced
+            os.fsync(fd)
     finally:
         os.close(fd)
