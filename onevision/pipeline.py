@@ -232,6 +232,7 @@ def load(
     device_map: Any = None,
     max_memory: dict[Any, Any] | None = None,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
     **kwargs: Any,
 ) -> Pipeline:
     """Load any supported checkpoint (native onevision, HF ``llava_onevision``, original LLaVA-NeXT) as a
@@ -241,7 +242,9 @@ def load(
     straight into ``dtype`` (default: the checkpoint's) on ``device`` (default CPU). ``device_map``: a device,
     a dict ``module prefix -> device`` (e.g. ``{"vision_tower": "cuda:0", "language_model": "cuda:1", ...}``) or
     ``"auto"`` (accelerate, bounded by ``max_memory``); disk offload is not supported. ``attn_implementation``
-    (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower."""
+    (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower. ``quantization`` (``"int8"`` /
+    ``"nf4"``, bitsandbytes) quantizes all but ``quantization_skip`` (default ``("vision",)``); a LoRA adapter
+    directory loads its base and applies the adapter (``merge=True`` folds it in)."""
     from onevision.checkpoints.conversion import load_checkpoint
 
     if device is not None and device_map is not None:
@@ -249,6 +252,8 @@ def load(
     placement = {"device": device, "device_map": device_map, "max_memory": max_memory}
     if attn_implementation is not None:
         placement["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        placement["quantization"] = quantization
     bundle = load_checkpoint(
         path_or_hub_id,
         format=format,
