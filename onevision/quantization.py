@@ -54,6 +54,9 @@ def _int8(linear: nn.Linear, compute_dtype: torch.dtype) -> nn.Module:
 
 #: method -> (one linear layer, compute dtype) -> its quantized replacement
 QUANTIZERS: dict[str, Callable[[nn.Linear, torch.dtype], nn.Module]] = {"nf4": _nf4, "int8": _int8}
+#: method -> what a layer's input width must be a multiple of (bitsandbytes' nf4 blocks of 64, also on CPU);
+#: narrower or odd layers stay unquantized (none in real models: 896, 1152, 3584 ... are multiples of 64)
+BLOCK: dict[str, int] = {"nf4": 64, "int8": 1}
 QUANTIZABLE: tuple[str, ...] = tuple(COMPONENT_ROOTS)
 
 
@@ -64,6 +67,7 @@ class QuantizationReport:
     method: str
     components: tuple[str, ...]
     layers: int
+    kept: int = 0  # linear layers left unquantized by the block rule
 
 
 def quantize_model(
@@ -83,14 +87,18 @@ def quantize_model(
         raise ConfigError("the model is already quantized")
     dtype = compute_dtype or getattr(model, "dtype", torch.float32)
     components = tuple(c for c in QUANTIZABLE if c not in skip)
-    count = 0
+    count = kept = 0
     for component in components:
         for _, full in _linear_layers(model, component):
             owner, _, leaf = full.rpartition(".")
             parent = model.get_submodule(owner)
-            setattr(parent, leaf, QUANTIZERS[method](getattr(parent, leaf), dtype))
+            layer = getattr(parent, leaf)
+            if layer.in_features % BLOCK[method]:
+                kept += 1
+                continue
+            setattr(parent, leaf, QUANTIZERS[method](layer, dtype))
             count += 1
-    report = QuantizationReport(method, components, count)
+    report = QuantizationReport(method, components, count, kept)
     model.quantization = report
     return report
 
