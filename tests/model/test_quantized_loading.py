@@ -74,3 +74,12 @@ def test_chat_takes_quantization(checkpoint, image, tmp_path, capsys):
     code = main(["chat", "--model", str(checkpoint), "--quantization", "int8", "--image", str(tmp_path / "a.png"),
                  "--max-new-tokens", "3", "what?"])  # fmt: skip
     assert code == 0 and capsys.readouterr().out.strip()
+
+
+def test_serve_takes_quantization():
+    from onevision.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "m=/some/dir", "--quantization", "nf4"])
+    assert args.quantization == "nf4"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--model", "m=/some/dir", "--quantization", "int4"])

@@ -254,3 +254,18 @@ def test_an_adapter_whose_base_checksum_differs_is_refused(lora_run, tmp_path):
         onevision.load(str(copy))
     message = str(err.value)
     assert "\n" not in message and str(copy / MANIFEST) in message and "SHA-256" in message
+
+
+@pytest.mark.parametrize("name", ["lora/tiny", "lora/tiny_qlora"])
+def test_an_interrupted_lora_stage_resumes_to_the_same_adapter(name, tiny_data, tmp_path):
+    def run(out, stop_after=None):
+        return train(_recipe(name, out, tiny_data, "checkpoint.every_steps=2"), stop_after=stop_after)
+
+    run(tmp_path / "whole")
+    first = run(tmp_path / "cut", stop_after=2)
+    assert first.steps == 2 and not (tmp_path / "cut" / "stage.json").exists()
+    second = run(tmp_path / "cut")
+    assert second.resumed_from is not None and second.steps == 3
+    whole = load_file(str(tmp_path / "whole" / ADAPTER_WEIGHTS))
+    cut = load_file(str(tmp_path / "cut" / ADAPTER_WEIGHTS))
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
