@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "web": "onevision.commands.web:register",
     "chat": "onevision.commands.chat:register",
     "convert": "onevision.commands.convert:register",
+    "merge": "onevision.commands.merge:register",
     "demo": "onevision.commands.demo:register",
     "serve": "onevision.commands.serve:register",
     "eval": "onevision.commands.eval:register",

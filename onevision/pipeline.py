@@ -233,6 +233,7 @@ def load(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
     **kwargs: Any,
 ) -> Pipeline:
     """Load any supported checkpoint (native onevision, HF ``llava_onevision``, original LLaVA-NeXT) as a
@@ -244,7 +245,9 @@ def load(
     ``"auto"`` (accelerate, bounded by ``max_memory``; what does not fit goes to ``"disk"``). Modules on
     ``"disk"`` read their weights at each forward straight from the checkpoint's safetensors (no copy); weights
     from ``*.bin`` files need ``offload_folder`` (a new or empty folder) to be written to once.
-    ``attn_implementation`` (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower."""
+    ``attn_implementation`` (``"sdpa"``, ``"eager"``, ...) applies to the LLM and the vision tower. ``quantization``
+    (``"int8"`` / ``"nf4"``, bitsandbytes) quantizes all but ``quantization_skip`` (default ``("vision",)``); a LoRA
+    adapter directory loads its base and applies the adapter (``merge=True`` folds it in)."""
     from onevision.checkpoints.conversion import load_checkpoint
 
     if device is not None and device_map is not None:
@@ -257,6 +260,8 @@ def load(
     }
     if attn_implementation is not None:
         placement["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        placement["quantization"] = quantization
     bundle = load_checkpoint(
         path_or_hub_id,
         format=format,

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("components", ("onevision.encoders", "onevision.projectors", "onevision.llm", "onevision.templates")),
-    ("model", ("onevision.placement", "onevision.model")),
+    ("model", ("onevision.placement", "onevision.model", "onevision.lora", "onevision.quantization")),
     (
         "processor",
         (
@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.checkpoints.hf",
             "onevision.checkpoints.original",
             "onevision.checkpoints.conversion",
+            "onevision.checkpoints.adapter",
             "onevision.checkpoints.mapping",
         ),
     ),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from onevision.bundle import Bundle
+from onevision.checkpoints.adapter import load_adapter
 from onevision.checkpoints.detect import detect_format, resolve_path
 from onevision.checkpoints.hf import export_hf, import_hf
 from onevision.checkpoints.native import load_native, save_native
@@ -20,20 +21,38 @@ LOADERS: dict[str, Callable[..., Bundle]] = {
     "onevision": load_native,
     "hf": import_hf,
     "original": import_original,
+    "adapter": load_adapter,
 }
 #: the formats :func:`convert` writes.
 TARGETS = ("onevision", "hf", "original")
 
 
-def load_checkpoint(path_or_hub_id: str, *, format: str = "auto", **kwargs: Any) -> Bundle:
+def load_checkpoint(
+    path_or_hub_id: str,
+    *,
+    format: str = "auto",
+    quantization: str | None = None,
+    quantization_skip: Sequence[str] = ("vision",),
+    **kwargs: Any,
+) -> Bundle:
     """Load a local directory or hub id of any supported format (``format="auto"``: detected from config.json).
 
-    Options that the format's loader does not take raise :class:`ConfigError` listing the accepted ones.
+    ``quantization`` (``nf4`` / ``int8``) quantizes the loaded model's components except ``quantization_skip``
+    (:func:`onevision.quantization.quantize_model`; an adapter's base is quantized before its LoRA layers are
+    added). Options that the format's loader does not take raise :class:`ConfigError` listing the accepted ones.
     """
     directory = resolve_path(path_or_hub_id)
     fmt = detect_format(directory) if format == "auto" else format
     if fmt not in LOADERS:
         raise UnknownComponentError("checkpoint format", fmt, LOADERS)
+    if quantization is not None and fmt == "adapter":
+        kwargs.update(quantization=quantization, quantization_skip=quantization_skip)
+    elif quantization is not None:
+        from onevision.quantization import quantize_model
+
+        bundle = load_checkpoint(directory, format=fmt, **kwargs)
+        quantize_model(bundle.model, quantization, skip=quantization_skip)
+        return bundle
     accepted = set(inspect.signature(LOADERS[fmt]).parameters) - {"directory"}
     extra = sorted(set(kwargs) - accepted)
     if extra:
@@ -59,6 +78,10 @@ def convert(
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CheckpointError("source and destination are the same directory")
     bundle = load_checkpoint(src, format=src_format, **load_kwargs)
+    if getattr(bundle.model, "lora", None) is not None:  # an adapter converts as its merged model
+        from onevision.lora import merge_lora
+
+        merge_lora(bundle.model)
     if to == "hf":
         return export_hf(bundle, dst, force=force)
     if to == "original":

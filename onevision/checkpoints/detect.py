@@ -13,7 +13,9 @@ from onevision.config import FORMAT_NAME
 from onevision.errors import CheckpointError
 
 #: The formats :func:`detect_format` tells apart (``onevision`` is the native one).
-FORMATS = ("onevision", "hf", "original")
+FORMATS = ("onevision", "hf", "original", "adapter")
+#: the file that makes a directory a LoRA adapter (peft's config name; :mod:`onevision.checkpoints.adapter`)
+ADAPTER_CONFIG = "adapter_config.json"
 
 #: What ``resolve_path`` downloads from the hub: configs, safetensors weights and tokenizer files (never pickles).
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
@@ -37,7 +39,10 @@ def resolve_path(path_or_hub_id: str) -> Path:
 
 
 def detect_format(directory: str | Path) -> str:
-    """``onevision``, ``hf`` or ``original``, from typed fields of ``config.json``."""
+    """``onevision``, ``hf`` or ``original``, from typed fields of ``config.json``; ``adapter`` when the directory
+    holds ``adapter_config.json``."""
+    if (Path(directory) / ADAPTER_CONFIG).is_file():
+        return "adapter"
     cfg = read_config(directory)
     if cfg.get("format") == FORMAT_NAME:
         return "onevision"

@@ -43,6 +43,11 @@ def save_native(
 
     ``state_dict`` replaces the model's own tensors (e.g. a full state gathered from ZeRO-3 shards).
     """
+    if getattr(pipe.model, "quantization", None) is not None or getattr(pipe.model, "lora", None) is not None:
+        raise CheckpointError(
+            f"{directory}: a quantized model or one carrying LoRA layers is not a native checkpoint; save the "
+            "adapter (a LoRA stage does) or merge it (onevision merge), and load quantized instead of saving so"
+        )
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     config = native_config(pipe)

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="model dtype")
+    p.add_argument(
+        "--quantization", choices=["int8", "nf4"], default=None, help="load quantized (bitsandbytes)"
+    )
     p.set_defaults(func=run)
 
 
@@ -187,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         dtype = getattr(torch, args.dtype)
-    pipe = onevision.load(args.model, device=args.device, dtype=dtype)
+    pipe = onevision.load(args.model, device=args.device, dtype=dtype, quantization=args.quantization)
     if args.batch is not None:
         return _run_batch(pipe, args)
     answer = pipe.generate(

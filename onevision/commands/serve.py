@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, default=8000, help="port (0: any free port; default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="model dtype")
+    p.add_argument(
+        "--quantization", choices=["int8", "nf4"], default=None, help="load quantized (bitsandbytes)"
+    )
     g = p.add_argument_group("batching")
     g.add_argument(
         "--max-batch-size", type=_positive_int, default=16, help="requests per batch (default: 16)"
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     pipes = {}
     for name, path in specs.items():
         print(f"onevision serve: loading {name} from {path}", file=sys.stderr, flush=True)
-        pipes[name] = onevision.load(path, device=args.device, dtype=dtype)
+        pipes[name] = onevision.load(path, device=args.device, dtype=dtype, quantization=args.quantization)
     config = ServeConfig(
         max_batch_size=args.max_batch_size,
         batch_window=args.batch_window_ms / 1000.0,

@@ -31,8 +31,10 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
         raise RecipeError(
             recipe.source, "model.builder", f"the onevision model is not available ({exc})"
         ) from None
+    from onevision.train import lora_stage
+
     if init_from is not None:
-        pipe = load(str(init_from))
+        pipe = load(str(init_from), **lora_stage.init_from_options(init_from))
     else:
         import torch
 
@@ -64,6 +66,7 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
     cfg = resolve_processor_config(policy, info)
     processor = OneVisionProcessor(pipe.processor.tokenizer, cfg, max_length=recipe.data.model_max_length)
     model.config = dataclasses.replace(model.config, processor=processor.config)  # the model's policy follows
+    lora_stage.prepare_model(recipe, model, processor, init_from)  # LoRA / QLoRA stages only
     model.train()
     _PROCESSORS[id(model)] = processor
     return model
@@ -85,7 +88,10 @@ def save_onevision(
     ``OneVisionModel.save_pretrained``), with the training processor's policy and its tokenizer."""
     from onevision.checkpoints import save_native
     from onevision.pipeline import Pipeline
+    from onevision.train import lora_stage
 
+    if getattr(model, "lora", None) is not None:  # a LoRA stage writes its adapter directory
+        return lora_stage.save_stage(model, encoder, directory, state_dict)
     save_native(Pipeline(model, encoder.processor), directory, state_dict=state_dict)
 
 

@@ -69,10 +69,16 @@ def dry_run_report(recipe: Recipe, *, build: bool = True) -> tuple[str, RecipeEr
         out += ["", f"trainable parameters: unavailable ({exc})"]
         return "\n".join(out), None
     try:
+        from onevision.lora import lora_parameters
+        from onevision.train.lora_stage import no_base_write
         from onevision.train.optim import apply_trainable, build_param_groups, format_table
 
-        model = build_model(recipe)
-        rows = apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+        with no_base_write():  # a LoRA stage writes its base only when it trains
+            model = build_model(recipe)
+        params = model.component_parameters()
+        rows = apply_trainable(
+            params, recipe, all_parameters=list(model.parameters()), lora=lora_parameters(model)
+        )
         build_param_groups(model.component_parameters(), recipe)
         out += ["", "trainable parameters:", format_table(rows)]
         encoder = build_encoder(recipe, model)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from onevision.errors import CheckpointError, TrainingError
+from onevision.lora import lora_parameters
 from onevision.train.build import (
     STAGE_FILE,
     build_encoder,
@@ -197,7 +198,12 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
 
     if recipe.train.gradient_checkpointing:
         enable_gradient_checkpointing(recipe, model)
-    rows = apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+    rows = apply_trainable(
+        model.component_parameters(),
+        recipe,
+        all_parameters=list(model.parameters()),
+        lora=lora_parameters(model),
+    )
     groups = build_param_groups(model.component_parameters(), recipe)
     optimizer = build_optimizer(groups, recipe)
     scheduler = build_scheduler(optimizer, recipe, total)

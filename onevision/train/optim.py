@@ -31,6 +31,8 @@ class ComponentSummary:
     params: int
     lr: float | None
     weight_decay: float | None
+    mode: str = "frozen"  # frozen | full | lora
+    trained: int = 0  # parameters that train (a LoRA component: its LoRA matrices and modules_to_save)
 
 
 def apply_trainable(
@@ -38,8 +40,12 @@ def apply_trainable(
     recipe: Recipe,
     *,
     all_parameters: Sequence[nn.Parameter] | None = None,
+    lora: Mapping[str, Sequence[nn.Parameter]] | None = None,
 ) -> list[ComponentSummary]:
     """Set ``requires_grad`` from the recipe and return the table rows.
+
+    A ``lora`` component trains only its parameters listed in ``lora`` (:func:`onevision.lora.lora_parameters`:
+    the LoRA matrices and ``modules_to_save``); the rest of it stays frozen.
 
     Raises :class:`ComponentError` if the model reports an unknown component, a parameter in two components, or a
     trainable component that has no parameter. Parameters of ``all_parameters`` in no component are frozen and
@@ -78,15 +84,28 @@ def apply_trainable(
                 "or use a model that has this component",
             )
         for p in params:
-            p.requires_grad_(trainable)
+            p.requires_grad_(trainable and cfg.trainable != "lora")
+        trained = params if cfg.trainable == "full" else []
+        if cfg.trainable == "lora":
+            trained = _unique((lora or {}).get(name, ()))
+            if not trained:
+                raise ComponentError(
+                    source,
+                    f"components.{name}.trainable",
+                    "is 'lora' but the model carries no LoRA layers there (build it with the recipe's builder)",
+                )
+            for p in trained:
+                p.requires_grad_(True)
         rows.append(
             ComponentSummary(
                 component=name,
                 trainable=trainable,
                 tensors=len(params),
-                params=sum(p.numel() for p in params),
+                params=sum(_numel(p) for p in params),
                 lr=recipe.component_lr(name) if trainable else None,
                 weight_decay=_wd(recipe, name) if trainable else None,
+                mode=cfg.trainable,
+                trained=sum(p.numel() for p in trained),
             )
         )
     if (
@@ -96,7 +115,7 @@ def apply_trainable(
             p.requires_grad_(False)
         rows.append(
             ComponentSummary(
-                "(unassigned)", False, len(unassigned), sum(p.numel() for p in unassigned), None, None
+                "(unassigned)", False, len(unassigned), sum(_numel(p) for p in unassigned), None, None
             )
         )
     return rows
@@ -200,20 +219,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_step
 
 def format_table(rows: Sequence[ComponentSummary]) -> str:
     """The trainable-parameter table printed at start-up."""
-    header = ("component", "trainable", "tensors", "parameters", "lr", "weight decay")
+    header = ("component", "trainable", "tensors", "parameters", "training", "lr", "weight decay")
     body = [
         (
             r.component,
-            "yes" if r.trainable else "frozen",
+            {"full": "yes", "lora": "lora"}.get(r.mode, "frozen"),
             str(r.tensors),
             f"{r.params:,}",
+            f"{r.trained:,}",
             f"{r.lr:.3g}" if r.lr is not None else "-",
             f"{r.weight_decay:g}" if r.weight_decay is not None else "-",
         )
         for r in rows
     ]
     total = sum(r.params for r in rows)
-    trainable = sum(r.params for r in rows if r.trainable)
+    trainable = sum(r.trained for r in rows)
     pct = 100.0 * trainable / total if total else 0.0
     body.append(
         (
@@ -221,7 +241,8 @@ def format_table(rows: Sequence[ComponentSummary]) -> str:
             f"{pct:.1f}%",
             str(sum(r.tensors for r in rows)),
             f"{total:,}",
-            f"trainable {trainable:,}",
+            f"{trainable:,}",
+            "",
             "",
         )
     )
@@ -233,6 +254,12 @@ def format_table(rows: Sequence[ComponentSummary]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _numel(p: nn.Parameter) -> int:
+    """Parameters a tensor stands for (a 4-bit quantized weight packs two per byte: its original shape counts)."""
+    state = getattr(p, "quant_state", None)
+    return math.prod(state.shape) if state is not None else p.numel()
 
 
 def _wd(recipe: Recipe, name: str) -> float:

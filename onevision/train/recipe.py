@@ -38,6 +38,7 @@ from onevision.errors import ConfigError, RecipeError
 from onevision.policy import ImagePolicy as ImagePolicy  # re-exported: the recipe's visual schema
 from onevision.policy import VideoPolicy as VideoPolicy
 from onevision.policy import VisualPolicy
+from onevision.train import lora_recipe
 from onevision.train.yaml_safe import MAX_YAML_NODES, _parse_yaml, load_yaml  # noqa: F401 (re-exported)
 
 Modality = Literal["image", "multi_image", "video", "text"]
@@ -73,16 +74,21 @@ class ModelConfig:
     template: Literal["plain", "qwen_1_5", "vicuna_v1", "llama_3"] = "qwen_1_5"
     attn_implementation: AttnImplementation | None = "sdpa"
     options: dict[str, Any] = field(default_factory=dict)  # a partial model config: vision / projector / llm
+    quantization: lora_recipe.Quantization | None = field(default=None, metadata=schema.OMIT_AT_DEFAULT)
+    quantization_skip: list[lora_recipe.QuantizableComponent] = field(
+        default_factory=list, metadata=schema.OMIT_AT_DEFAULT
+    )
 
 
 @dataclass
 class ComponentConfig:
-    """One trainable component: ``frozen`` or ``full``, its learning rate and weight decay.
+    """One trainable component: ``frozen``, ``full`` or ``lora`` (:mod:`~onevision.train.lora_recipe`), LR, decay.
 
     The learning rate is ``lr`` if set, else ``optim.lr * lr_scale``.
     """
 
-    trainable: Literal["frozen", "full"] = "frozen"
+    trainable: Literal["frozen", "full", "lora"] = "frozen"
+    lora: lora_recipe.LoraSpec = field(default_factory=lora_recipe.LoraSpec, metadata=schema.OMIT_AT_DEFAULT)
     lr: float | None = None
     lr_scale: float = 1.0
     weight_decay: float | None = None  # default: optim.weight_decay
@@ -545,6 +551,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     **{f"components.{n}.lr": _POSITIVE for n in COMPONENTS},
     **{f"components.{n}.lr_scale": _POSITIVE for n in COMPONENTS},
     **{f"components.{n}.weight_decay": _NON_NEGATIVE for n in COMPONENTS},
+    **lora_recipe.lora_ranges(COMPONENTS, _COUNT, _POSITIVE, Range(0, 1, high_open=True)),
     "optim.lr": _POSITIVE,
     "optim.weight_decay": _NON_NEGATIVE,
     "optim.betas[]": Range(0, 1, high_open=True),
@@ -649,6 +656,7 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
     elif e.deepspeed_config is not None:
         raise err("engine.deepspeed_config", f"only used with backend zero2/zero3 (backend is {e.backend!r})")
     _validate_model(recipe.model, err)
+    lora_recipe.validate_lora(recipe, err)
     if recipe.model.builder == "onevision" and not (
         recipe.model.preset or recipe.init_from or (recipe.model.vision_tower and recipe.model.language_model)
     ):
