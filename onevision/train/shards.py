@@ -103,9 +103,9 @@ def check_shards(index: ShardIndex) -> None:
 
 def index_samples(
     index: ShardIndex,
-) -> tuple[list[Sample], list[tuple[tuple[int, ...], Measure]], dict[str, tuple[str, str, dict]]]:
+) -> tuple[list[Sample], list[tuple[tuple[int, ...], Measure]], dict[str, tuple[str, str, dict, str]]]:
     """Planning inputs from an index: media-less samples (their media named by member), their stored measures,
-    and ``source -> (shard url, key, members)`` for the dataset."""
+    and ``source -> (shard url, key, members, the record's original source)`` for the dataset."""
     samples, measured, where = [], [], {}
     urls = [index.shard_url(i) for i in range(len(index.shards))]
     for e in index.entries:
@@ -118,7 +118,7 @@ def index_samples(
             s = Sample(e.id, e.modality, (), media, None, source)  # type: ignore[arg-type]
         samples.append(s)
         measured.append((e.visual_tokens, Measure(e.length, e.visual_end)))
-        where[source] = (url, e.key, e.members)
+        where[source] = (url, e.key, e.members, e.source)
     return samples, measured, where
 
 
@@ -129,7 +129,7 @@ def plan_shards(
     stats: DataStats | None = None,
     *,
     log: bool = True,
-) -> tuple[list[PlannedSample], DataStats, dict[str, tuple[str, str, dict]]]:
+) -> tuple[list[PlannedSample], DataStats, dict[str, tuple[str, str, dict, str]]]:
     """Plan from the indexes of ``roots``: the same modality filter, over-length policy and kept/dropped table as
     for loose files, from stored lengths. Refused (one line naming the index) when the index was packed under
     another visual policy or tokenizer, or when its shards are missing or changed size."""
@@ -205,13 +205,13 @@ class ShardDataset(TrainDataset):
         planned: Sequence[PlannedSample],
         recipe: Recipe,
         encoder: SampleEncoder,
-        where: dict[str, tuple[str, str, dict]],
+        where: dict[str, tuple[str, str, dict, str]],
     ):
         super().__init__(planned, recipe, encoder)
         self.where = where
 
     def fetch(self, sample: Sample) -> tuple[Sample, Media]:
-        url, key, members = self.where[sample.source]
+        url, key, members, _ = self.where[sample.source]
         try:
             record = json.loads(read_member(url, key, "json", members["json"]))
             full = parse_record(record, source=sample.source, allow_outside_roots=True)
