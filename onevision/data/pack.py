@@ -24,7 +24,7 @@ from typing import Any
 from onevision.data.index import INDEX_NAME, IndexEntry, ShardInfo, entry_line, header_line
 from onevision.errors import DataError
 from onevision.train.data import DataStats, PlannedSample, load_samples, plan_samples
-from onevision.train.lengths import length_fingerprint, read_visual_counts
+from onevision.train.lengths import length_fingerprint, measure_samples
 from onevision.train.recipe import Recipe
 
 logger = logging.getLogger("onevision.data")
@@ -115,7 +115,7 @@ def pack(
         ),
     )
     samples, stats = load_samples(full)
-    measured = read_visual_counts(samples, full, progress=progress)
+    measured = measure_samples(samples, full, encoder, progress=progress)
     planned, stats = plan_samples(samples, full, encoder, stats, measured=measured, log=True)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[ShardInfo] = []

@@ -532,8 +532,8 @@ def plan_samples(
 ) -> tuple[list[PlannedSample], DataStats]:
     """Measure every sample exactly and apply the modality filter, the media check and the length policy.
 
-    ``measured[i]`` (optional) is sample ``i``'s visual counts read ahead (``onevision.data.headers``, in parallel)
-    and, from a shard index, its :class:`Measure`; a :class:`MediaError` there is that sample's media failure."""
+    ``measured[i]`` (optional) is sample ``i``'s visual counts and :class:`Measure` taken ahead (in parallel by
+    ``onevision.train.lengths``, or from a shard index); a :class:`MediaError` there is its media failure."""
     stats = stats or DataStats()
     strategies = {m: recipe.image_strategy(m) for m in ("image", "multi_image")}
     budget = recipe.data.model_max_length

@@ -1,18 +1,18 @@
-"""What exact sample lengths depend on (a fingerprint) and reading the visual counts of many samples in parallel,
-with a progress bar, so planning from raw JSONL is bounded by the disk rather than by one thread."""
+"""What exact sample lengths depend on (a fingerprint), and measuring many raw samples in parallel (media headers
+and tokenization in forked worker processes) with a progress bar."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from onevision.errors import MediaError
-from onevision.train.data import Sample
+from onevision.train.data import Measure, Sample
 from onevision.train.recipe import Recipe
 from onevision.train.visual import visual_token_counts
 
@@ -31,44 +31,75 @@ def length_fingerprint(recipe: Recipe, encoder: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def default_workers() -> int:
-    """Header reads are I/O bound: a few threads per core (at least 4, at most 32)."""
-    return max(4, min(32, 4 * (os.cpu_count() or 1)))
+#: (recipe, encoder, samples) of the current parallel measurement, inherited by the forked workers
+_WORK: tuple[Recipe, Any, Sequence[Sample]] | None = None
+Measured = tuple[tuple[int, ...], Measure | None] | MediaError
 
 
-def read_visual_counts(
-    samples: Sequence[Sample],
-    recipe: Recipe,
-    *,
-    workers: int | None = None,
-    progress: bool = False,
-) -> list[tuple[tuple[int, ...], None] | MediaError]:
-    """Each sample's visual token counts from its media headers (``visual_token_counts``), read by ``workers``
-    threads in sample order; a sample whose media fail to read gets its :class:`MediaError` instead. The result is
-    ``plan_samples``'s ``measured`` argument. ``progress`` shows a tqdm bar (samples/s) on stderr."""
+def default_processes(n_samples: int, chunk: int) -> int:
+    """One process per core (at most 16), and in-process (1) when there are fewer than 8 chunks of work."""
+    return 1 if n_samples < 8 * chunk else max(1, min(16, os.cpu_count() or 1))
+
+
+def _measure_range(bounds: tuple[int, int]) -> list[Measured]:
+    assert _WORK is not None
+    recipe, encoder, samples = _WORK
     strategies = {m: recipe.image_strategy(m) for m in ("image", "multi_image")}
     wanted = set(recipe.data.modalities)
-
-    def one(s: Sample) -> tuple[tuple[int, ...], None] | MediaError:
-        if s.modality not in wanted or s.modality == "text":
-            return (), None
+    out: list[Measured] = []
+    for s in samples[bounds[0] : bounds[1]]:
+        if s.modality not in wanted:
+            out.append(((), None))  # plan_samples drops it before looking
+            continue
         try:
-            return visual_token_counts(s, recipe, strategies), None
+            counts = visual_token_counts(s, recipe, strategies)
+            out.append((counts, encoder.measure(s, counts)))
         except MediaError as exc:
-            return exc
+            out.append(MediaError(str(exc)))
+    return out
 
+
+def measure_samples(
+    samples: Sequence[Sample],
+    recipe: Recipe,
+    encoder: Any,
+    *,
+    processes: int | None = None,
+    chunk: int = 512,
+    progress: bool = False,
+) -> list[Measured]:
+    """Every sample's visual counts (media headers) and exact :class:`Measure`, in sample order, by ``processes``
+    forked workers (each reads its own chunks' headers and tokenizes them); a sample whose media fail to read gets
+    its :class:`MediaError`. The result is ``plan_samples``'s ``measured`` argument, so the kept/dropped rules stay
+    in one place. ``progress`` shows a tqdm bar (samples/s) on stderr. Without ``fork`` (or with one process,
+    the default for small sets) it runs in this process."""
+    global _WORK
+    n = processes or default_processes(len(samples), chunk)
+    ranges = [(a, min(a + chunk, len(samples))) for a in range(0, len(samples), chunk)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(samples), desc="reading media headers", unit="sample", mininterval=0.5)
-    out: list[tuple[tuple[int, ...], None] | MediaError] = []
-    n = workers or default_workers()
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="headers") as pool:
-        for result in pool.map(one, samples):  # map keeps sample order
-            out.append(result)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar = tqdm(
+            total=len(samples), desc="measuring samples (media headers)", unit="sample", mininterval=0.5
+        )
+    out: list[Measured] = []
+    _WORK = (recipe, encoder, samples)
+    try:
+        if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(n) as pool:
+                results = pool.imap(_measure_range, ranges)
+                for part in results:
+                    out += part
+                    if bar is not None:
+                        bar.update(len(part))
+        else:
+            for r in ranges:
+                out += _measure_range(r)
+                if bar is not None:
+                    bar.update(r[1] - r[0])
+    finally:
+        _WORK = None
+        if bar is not None:
+            bar.close()
     return out

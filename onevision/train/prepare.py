@@ -1,12 +1,12 @@
 """The trainer's data preparation: plan from a shard index when ``data.path`` names shard sets, else from the raw
-records with the media headers read in parallel (a progress bar on the main process)."""
+records, measured (media headers and tokenization) by parallel worker processes with a progress bar."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from onevision.train.data import DataStats, TrainDataset, load_samples, plan_samples
-from onevision.train.lengths import read_visual_counts
+from onevision.train.lengths import measure_samples
 from onevision.train.recipe import Recipe
 from onevision.train.shards import ShardDataset, plan_shards, shard_roots
 
@@ -19,6 +19,6 @@ def prepare_data(recipe: Recipe, encoder: Any, *, is_main: bool = True) -> tuple
         return ShardDataset(planned, recipe, encoder, where), stats
     samples, stats = load_samples(recipe)
     progress = is_main and recipe.logging.progress
-    measured = read_visual_counts(samples, recipe, progress=progress)
+    measured = measure_samples(samples, recipe, encoder, progress=progress)
     planned, stats = plan_samples(samples, recipe, encoder, stats, log=is_main, measured=measured)
     return TrainDataset(planned, recipe, encoder), stats

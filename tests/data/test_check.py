@@ -6,9 +6,8 @@ import json
 
 from onevision.cli import main
 from onevision.errors import MediaError
-from onevision.train.data import load_samples
-from onevision.train.lengths import read_visual_counts
-from onevision.train.visual import visual_token_counts
+from onevision.train.data import load_samples, plan_samples
+from onevision.train.lengths import measure_samples
 
 from .conftest import RECIPE, loose
 
@@ -25,17 +24,16 @@ def _source(mixture, tmp_path):
     return src
 
 
-def test_parallel_header_reads_match_sequential_ones(mixture, tmp_path, capsys):
+def test_parallel_measurement_matches_the_sequential_plan(mixture, encoder, tmp_path, capsys):
     recipe = loose(mixture, f"data.path={_source(mixture, tmp_path)}")
-    samples, _ = load_samples(recipe)
-    strategies = {m: recipe.image_strategy(m) for m in ("image", "multi_image")}
-    ahead = read_visual_counts(samples, recipe, workers=4, progress=True)
-    assert "reading media headers" in capsys.readouterr().err
-    for s, got in zip(samples, ahead, strict=True):
-        if s.id == "lost":
-            assert isinstance(got, MediaError) and "missing.jpg" in str(got)
-        else:
-            assert got == (visual_token_counts(s, recipe, strategies), None)
+    samples, stats = load_samples(recipe)
+    ahead = measure_samples(samples, recipe, encoder, processes=2, chunk=4, progress=True)  # 4 forked chunks
+    assert "measuring samples" in capsys.readouterr().err
+    lost = next(i for i, s in enumerate(samples) if s.id == "lost")
+    assert isinstance(ahead[lost], MediaError) and "missing.jpg" in str(ahead[lost])
+    sequential, seq_stats = plan_samples(samples, recipe, encoder, load_samples(recipe)[1], log=False)
+    parallel, par_stats = plan_samples(samples, recipe, encoder, stats, log=False, measured=ahead)
+    assert parallel == sequential and par_stats == seq_stats
 
 
 def test_data_check_reports_modalities_histogram_and_first_offending_ids(mixture, tmp_path, capsys):
