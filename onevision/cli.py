@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "demo": "onevision.commands.demo:register",
     "serve": "onevision.commands.serve:register",
     "eval": "onevision.commands.eval:register",
+    "data": "onevision.commands.data:register",
 }
 
 

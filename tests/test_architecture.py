@@ -66,7 +66,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("pipeline", ("onevision.pipeline", "onevision.testing")),
-    ("train", ("onevision.train",)),
+    (
+        "train",
+        ("onevision.train", "onevision.data"),
+    ),  # onevision.data: the shard index, pack, check, generate
     (
         "application",
         (

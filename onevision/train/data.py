@@ -112,6 +112,7 @@ class PlannedSample:
     length: int
     visual_tokens: tuple[int, ...]
     truncate_to: int | None = None
+    visual_end: int = 0  # the position just after the last visual token (0 if none)
 
 
 @dataclass
@@ -124,6 +125,13 @@ class DataStats:
     by_modality: Counter = field(default_factory=Counter)
     tokens: int = 0
     capped: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> the first offending ids/sources
+
+    def drop(self, reason: str, where: str, n: int = 1) -> None:
+        """Count ``n`` dropped records under ``reason``; keep the first few ``where`` (an id or ``file:line``)."""
+        self.dropped[reason] += n
+        if len(first := self.examples.setdefault(reason, [])) < 5:
+            first.append(where)
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -457,9 +465,9 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
     records = read_records(
         recipe.data.path, seed=recipe.seed, strict=recipe.data.strict, on_bad_line=bad_lines.append
     )
-    if bad_lines:
-        stats.records += len(bad_lines)
-        stats.dropped["invalid JSON line"] += len(bad_lines)
+    stats.records += len(bad_lines)
+    for bad in bad_lines:
+        stats.drop("invalid JSON line", f"{bad.path}:{bad.line}")
     for source, record in records:
         stats.records += 1
         try:
@@ -475,12 +483,12 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
         except MediaPathError as exc:
             if recipe.data.strict:
                 raise MediaPathError(f"{exc} [data.strict is true]") from None
-            stats.dropped["media path outside data root"] += 1
+            stats.drop("media path outside data root", source)
             logger.warning("skipping sample: %s", exc)
         except DataError as exc:
             if recipe.data.strict:
                 raise
-            stats.dropped["invalid record"] += 1
+            stats.drop("invalid record", source)
             logger.warning("skipping invalid sample: %s", exc)
     return samples, stats
 
@@ -520,27 +528,34 @@ def plan_samples(
     stats: DataStats | None = None,
     *,
     log: bool = True,
+    measured: Sequence[tuple[tuple[int, ...], Measure | None] | MediaError] | None = None,
 ) -> tuple[list[PlannedSample], DataStats]:
-    """Measure every sample exactly and apply the modality filter, the media check and the length policy."""
+    """Measure every sample exactly and apply the modality filter, the media check and the length policy.
+
+    ``measured[i]`` (optional) is sample ``i``'s visual counts and :class:`Measure` taken ahead (in parallel by
+    ``onevision.train.lengths``, or from a shard index); a :class:`MediaError` there is its media failure."""
     stats = stats or DataStats()
     strategies = {m: recipe.image_strategy(m) for m in ("image", "multi_image")}
     budget = recipe.data.model_max_length
     wanted = set(recipe.data.modalities)
     kept: list[PlannedSample] = []
     warn = logger.warning if log else logger.debug
-    for s in samples:
+    for i, s in enumerate(samples):
         if s.modality not in wanted:
-            stats.dropped[f"modality {s.modality} not in data.modalities"] += 1
+            stats.drop(f"modality {s.modality} not in data.modalities", s.id)
             continue
         try:
-            counts = visual_token_counts(s, recipe, strategies)
+            ahead = measured[i] if measured is not None else None
+            if isinstance(ahead, MediaError):
+                raise ahead
+            counts, m = ahead or (visual_token_counts(s, recipe, strategies), None)
         except MediaError as exc:
             if recipe.data.strict:
                 raise MediaError(f"{s.source} (id {s.id}): {exc} [data.strict is true]") from None
-            stats.dropped["bad or missing media"] += 1
+            stats.drop("bad or missing media", s.id)
             warn("skipping sample %s (%s): %s", s.id, s.source, exc)
             continue
-        m = encoder.measure(s, counts)
+        m = m or encoder.measure(s, counts)
         truncate = None
         if m.length > budget:
             policy = recipe.data.over_length
@@ -553,7 +568,7 @@ def plan_samples(
                 truncate = budget
                 stats.capped += 1
             else:
-                stats.dropped["over length"] += 1
+                stats.drop("over length", s.id)
                 warn(
                     "dropping sample %s (%s): %d tokens > model_max_length %d%s",
                     s.id,
@@ -564,7 +579,7 @@ def plan_samples(
                 )
                 continue
         length = truncate or m.length
-        kept.append(PlannedSample(s, length, counts, truncate))
+        kept.append(PlannedSample(s, length, counts, truncate, m.visual_end))
         stats.kept += 1
         stats.tokens += length
         stats.by_modality[s.modality] += 1
@@ -614,11 +629,15 @@ class TrainDataset:
     def modalities(self) -> list[str]:
         return [p.sample.modality for p in self.planned]
 
+    def fetch(self, sample: Sample) -> tuple[Sample, Media]:
+        """The sample to encode and its decoded media (loose files; shard datasets read their members)."""
+        return sample, load_media(sample, self.recipe)
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         p = self.planned[index]
         try:
-            media = load_media(p.sample, self.recipe)
-            item = self.encoder.encode(p.sample, media)
+            sample, media = self.fetch(p.sample)
+            item = self.encoder.encode(sample, media)
         except MediaError as exc:
             if self.recipe.data.strict:
                 raise MediaError(

@@ -43,7 +43,7 @@ from onevision.train.checkpoint import (
     save_json,
     save_rng,
 )
-from onevision.train.data import Collator, DataStats, TrainDataset, load_samples, plan_samples
+from onevision.train.data import Collator, DataStats, TrainDataset
 from onevision.train.deepspeed_config import load_deepspeed_config, resolve_deepspeed_config
 from onevision.train.launch import check_distributed, disable_deepspeed_shm_op
 from onevision.train.metrics import TENSORBOARD_MISSING, MetricsLog, Progress, tensorboard_available
@@ -143,11 +143,12 @@ def _to_device(obj: Any, device: Any) -> Any:
 
 
 def _prepare_data(recipe: Recipe, encoder: Any, is_main: bool) -> tuple[TrainDataset, DataStats]:
-    samples, stats = load_samples(recipe)
-    planned, stats = plan_samples(samples, recipe, encoder, stats, log=is_main)
-    if not planned:
+    from onevision.train.prepare import prepare_data  # shard sets or loose files, headers read in parallel
+
+    dataset, stats = prepare_data(recipe, encoder, is_main=is_main)
+    if not len(dataset):
         raise RecipeError(recipe.source, "data.path", f"no usable sample: {stats.summary()}")
-    return TrainDataset(planned, recipe, encoder), stats
+    return dataset, stats
 
 
 def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
