@@ -40,7 +40,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.checkpoints.detect",
         ),
     ),
-    ("components", ("onevision.encoders", "onevision.projectors", "onevision.llm", "onevision.templates")),
+    (
+        "components",
+        (
+            "onevision.encoders",
+            "onevision.projectors",
+            "onevision.llm",
+            "onevision.loss",
+            "onevision.templates",
+        ),
+    ),
     ("model", ("onevision.model",)),
     (
         "processor",

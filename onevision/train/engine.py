@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from onevision.errors import CheckpointError, TrainingError
+from onevision.loss import LossConfig
 from onevision.train.build import (
     STAGE_FILE,
     build_encoder,
@@ -53,6 +54,7 @@ from onevision.train.optim import (
     build_scheduler,
     format_table,
 )
+from onevision.train.packing import packing_encoder
 from onevision.train.recipe import Recipe, RecipeError
 from onevision.train.sampler import GroupedBatchSampler
 
@@ -171,6 +173,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     set_seed(recipe.seed)
 
     model = _build_whole_model(recipe)
+    model.loss = LossConfig(recipe.train.loss, recipe.train.loss_chunk_tokens)
     encoder = build_encoder(recipe, model)
     dataset, stats = _prepare_data(recipe, encoder, is_main)
     sampler = GroupedBatchSampler(
@@ -253,7 +256,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
 
         tracker = SummaryWriter(str(out / "tensorboard"))
 
-    collate = Collator(encoder)
+    collate = Collator(packing_encoder(recipe, encoder))
     progress = Progress(total, step, enabled=is_main and recipe.logging.progress, desc=recipe.name)
     losses: list[float] = []
     fallback: dict[str, Any] | None = None
