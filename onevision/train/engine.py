@@ -54,7 +54,7 @@ from onevision.train.optim import (
     build_scheduler,
     format_table,
 )
-from onevision.train.packing import packing_encoder
+from onevision.train.packing import enable_packing
 from onevision.train.recipe import Recipe, RecipeError
 from onevision.train.sampler import GroupedBatchSampler
 
@@ -175,6 +175,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     model = _build_whole_model(recipe)
     model.loss = LossConfig(recipe.train.loss, recipe.train.loss_chunk_tokens)
     encoder = build_encoder(recipe, model)
+    collate = Collator(enable_packing(recipe, model, encoder))
     dataset, stats = _prepare_data(recipe, encoder, is_main)
     sampler = GroupedBatchSampler(
         dataset.lengths,
@@ -256,7 +257,6 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
 
         tracker = SummaryWriter(str(out / "tensorboard"))
 
-    collate = Collator(packing_encoder(recipe, encoder))
     progress = Progress(total, step, enabled=is_main and recipe.logging.progress, desc=recipe.name)
     losses: list[float] = []
     fallback: dict[str, Any] | None = None

@@ -5,7 +5,8 @@ packing only changes how they are laid out. Samples are placed first-fit, longes
 ``train.max_tokens_per_row`` tokens (``None``: one row for the whole micro-batch); a sample longer than the budget
 gets a row of its own, so a sample, and with it every visual span, is never split. Inside a row each sample's
 ``position_ids`` restart at 0; the padding that fills a row up to the longest row is one more run restarting at 0,
-with no labels. The first label of every sample is dropped (it would be predicted from the previous sample's last
+with no labels; ``packed_spans`` lists every row's spans for :mod:`onevision.attention`, which computes an SDPA or
+eager LLM's attention span by span (flash-attention LLMs go varlen from the position ids). The first label of every sample is dropped (it would be predicted from the previous sample's last
 token; alone it is never a target), so the loss, a mean over the same supervised tokens, equals the unpacked one.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from onevision.attention import spans_of, use_packed_attention
 from onevision.batch import IGNORE_INDEX
 
 
@@ -55,7 +57,7 @@ def pack(
     items: list[dict[str, Any]], collate: Any, max_tokens_per_row: int | None, pad_token_id: int
 ) -> dict[str, Any]:
     """One packed batch of ``items``: ``input_ids``, ``labels``, ``position_ids``, ``attention_mask`` (1 = a real
-    token) ``[rows, width]``, ``packed=True``, and the visual inputs of ``collate`` over the items in row order."""
+    token) ``[rows, width]``, ``packed=True``, ``packed_spans``, and the visual inputs of ``collate`` over the items in row order."""
     import torch
 
     lengths = [int(x["input_ids"].shape[0]) for x in items]
@@ -77,12 +79,22 @@ def pack(
             mask[r, col : col + n] = 1
             col += n
         positions[r, col:] = torch.arange(width - col)
-    batch.update(input_ids=ids, labels=labels, position_ids=positions, attention_mask=mask, packed=True)
+    spans = spans_of([[lengths[i] for i in row] for row in rows], width)
+    batch.update(
+        input_ids=ids,
+        labels=labels,
+        position_ids=positions,
+        attention_mask=mask,
+        packed=True,
+        packed_spans=spans,
+    )
     return batch
 
 
-def packing_encoder(recipe: Any, encoder: Any) -> Any:
-    """The encoder the trainer collates with: packing when ``train.packing`` is on, else ``encoder`` itself."""
+def enable_packing(recipe: Any, model: Any, encoder: Any) -> Any:
+    """The encoder the trainer collates with: packing when ``train.packing`` is on (the model's SDPA or eager LLM
+    then switched to span-by-span attention), else ``encoder`` itself."""
     if not recipe.train.packing:
         return encoder
+    use_packed_attention(model.language_model)
     return PackingEncoder(encoder, recipe.train.max_tokens_per_row, encoder.processor.pad_token_id)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from onevision.attention import PACKED_SDPA, register_packed_attention
 from onevision.loss import LossConfig
 from onevision.train.build import build_encoder, build_model
 from onevision.train.data import TrainDataset, load_samples, plan_samples
@@ -66,9 +67,15 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("loss_kind", ["hf", "chunked"])
-def test_packed_batch_matches_every_sample_alone(setup, loss_kind):
+@pytest.mark.parametrize(
+    "attention, loss_kind",
+    [("sdpa", "hf"), ("sdpa", "chunked"), (PACKED_SDPA, "hf"), (PACKED_SDPA, "chunked")],
+)
+def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
+    """sdpa: transformers' block-diagonal mask from the restarting positions; PACKED_SDPA: span-by-span SDPA."""
     model, encoder, items = setup
+    if attention == PACKED_SDPA:
+        register_packed_attention()
     lengths = [len(x["input_ids"]) for x in items]
     budget = max(lengths) + min(lengths)  # several rows, some holding two samples, some padding
     rows = first_fit_rows(lengths, budget)
@@ -88,6 +95,7 @@ def test_packed_batch_matches_every_sample_alone(setup, loss_kind):
             alone_grad[k] = alone_grad.get(k, 0) + g
     # packed: per-sample losses from the logits, then the loss the trainer uses and its gradients
     batch = pack(items, encoder.collate, budget, encoder.processor.pad_token_id)
+    model.language_model.set_attn_implementation(attention)
     assert batch["packed"] and batch["input_ids"].shape[0] == len(rows)
     assert int(batch["attention_mask"].sum()) == sum(lengths)
     model.zero_grad(set_to_none=True)
@@ -107,13 +115,16 @@ def test_packed_batch_matches_every_sample_alone(setup, loss_kind):
     model.loss = LossConfig(loss_kind, chunk_tokens=16)
     loss = model(**batch).loss
     total = sum(alone_n)
-    assert float(loss) == pytest.approx(sum(x * n for x, n in zip(alone_loss, alone_n)) / total, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(
+        sum(x * n for x, n in zip(alone_loss, alone_n)) / total, abs=1e-5
+    )
     (loss * total).backward()
     packed_grad = _grads(model)
     assert packed_grad.keys() == alone_grad.keys()
     for k, g in packed_grad.items():
         torch.testing.assert_close(g, alone_grad[k], atol=1e-5, rtol=1e-5, msg=k)
     model.loss = LossConfig()
+    model.language_model.set_attn_implementation("sdpa")
     model.zero_grad(set_to_none=True)
 
 
