@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.projectors",
             "onevision.llm",
             "onevision.loss",
+            "onevision.attention",  # per-sample attention for packed rows
             "onevision.templates",
         ),
     ),
