@@ -22,6 +22,7 @@ from onevision.errors import USER_ERRORS
 COMMANDS: dict[str, str] = {
     "tokens": "onevision.commands.tokens:register",
     "train": "onevision.commands.train:register",
+    "plan": "onevision.commands.plan:register",
     "recipes": "onevision.commands.recipes:register",
     "web": "onevision.commands.web:register",
     "chat": "onevision.commands.chat:register",

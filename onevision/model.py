@@ -32,6 +32,7 @@ from onevision.config import OneVisionConfig
 from onevision.encoders import VisionEncoder, build_encoder
 from onevision.errors import CheckpointError, ConfigError, InputError, KeyMismatchError
 from onevision.llm import build_llm, export_llm_config, set_activation_checkpointing
+from onevision.loss import LossConfig, chunked_lm_loss
 from onevision.placement import DISK, DiskOffload, execution_device, placed, resolve_device_map
 from onevision.policy import ModalityPolicy
 from onevision.projectors import build_projector
@@ -87,6 +88,7 @@ class OneVisionModel(nn.Module):
         self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.config = config
         self._policy: tuple[Any, ModalityPolicy] | None = None
+        self.loss = LossConfig()  # the trainer sets the recipe's (see onevision.loss)
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -449,12 +451,16 @@ class OneVisionModel(nn.Module):
         past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        packed: bool = False,
         **kwargs: Any,
     ):
         """Logits (and the shifted causal-LM ``loss`` when ``labels`` are given; ``-100`` is ignored).
 
         Without explicit ``position_ids``, positions are counted from the attention mask, so left-padded rows get
-        the same positions as unpadded ones.
+        the same positions as unpadded ones. ``packed`` rows hold several samples whose ``position_ids`` restart at
+        0: the LLM then gets no 2D mask and isolates the samples by those restarts (block-diagonal causal masks on
+        eager/SDPA, varlen ``cu_seqlens`` on flash-attention). With ``self.loss.kind == "chunked"`` and labels, the
+        output has the loss only (no logits).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
@@ -464,6 +470,20 @@ class OneVisionModel(nn.Module):
             )
         if position_ids is None and attention_mask is not None and _cache_len(past_key_values) == 0:
             position_ids = positions_from_mask(attention_mask)
+        if packed:  # transformers isolates restarting positions only without a 2D mask and without a cache
+            attention_mask, use_cache = None, False
+        if labels is not None and self.loss.kind == "chunked":
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            hidden = self.language_model.get_decoder()(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **kwargs,
+            ).last_hidden_state
+            head = self.language_model.get_output_embeddings()
+            return CausalLMOutputWithPast(loss=chunked_lm_loss(hidden, head, labels, self.loss.chunk_tokens))
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

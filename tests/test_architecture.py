@@ -40,7 +40,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.checkpoints.detect",
         ),
     ),
-    ("components", ("onevision.encoders", "onevision.projectors", "onevision.llm", "onevision.templates")),
+    (
+        "components",
+        (
+            "onevision.encoders",
+            "onevision.projectors",
+            "onevision.llm",
+            "onevision.loss",
+            "onevision.attention",  # per-sample attention for packed rows
+            "onevision.templates",
+        ),
+    ),
     ("model", ("onevision.placement", "onevision.model", "onevision.lora", "onevision.quantization")),
     (
         "processor",

@@ -27,6 +27,7 @@ from typing import Any
 
 from onevision.errors import CheckpointError, TrainingError
 from onevision.lora import lora_parameters
+from onevision.loss import LossConfig
 from onevision.train.build import (
     STAGE_FILE,
     build_encoder,
@@ -54,6 +55,7 @@ from onevision.train.optim import (
     build_scheduler,
     format_table,
 )
+from onevision.train.packing import enable_packing
 from onevision.train.recipe import Recipe, RecipeError
 from onevision.train.sampler import GroupedBatchSampler
 
@@ -173,7 +175,9 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     set_seed(recipe.seed)
 
     model = _build_whole_model(recipe)
+    model.loss = LossConfig(recipe.train.loss, recipe.train.loss_chunk_tokens)
     encoder = build_encoder(recipe, model)
+    collate = Collator(enable_packing(recipe, model, encoder))
     dataset, stats = _prepare_data(recipe, encoder, is_main)
     sampler = GroupedBatchSampler(
         dataset.lengths,
@@ -260,7 +264,6 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
 
         tracker = SummaryWriter(str(out / "tensorboard"))
 
-    collate = Collator(encoder)
     progress = Progress(total, step, enabled=is_main and recipe.logging.progress, desc=recipe.name)
     losses: list[float] = []
     fallback: dict[str, Any] | None = None

@@ -35,6 +35,7 @@ import yaml
 from onevision import schema
 from onevision.config import AttnImplementation
 from onevision.errors import ConfigError, RecipeError
+from onevision.loss import LossKind
 from onevision.policy import ImagePolicy as ImagePolicy  # re-exported: the recipe's visual schema
 from onevision.policy import VideoPolicy as VideoPolicy
 from onevision.policy import VisualPolicy
@@ -130,6 +131,10 @@ class TrainConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
     max_bad_steps: int = 5  # stop after this many consecutive steps with a non-finite loss or gradient norm
+    packing: bool = False  # a micro-batch's samples packed into rows, no padding (onevision.train.packing)
+    max_tokens_per_row: int | None = None  # packing row budget; None = one row per micro-batch
+    loss: LossKind = "hf"  # "chunked": LM head + CE over token chunks, Liger on CUDA (onevision.loss)
+    loss_chunk_tokens: int = 4096
 
 
 @dataclass
@@ -565,6 +570,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "train.micro_batch_size": _COUNT,
     "train.grad_accum": _COUNT,
     "train.max_bad_steps": _COUNT,
+    "train.max_tokens_per_row": Range(1, integer=True, note="or null for one row per micro-batch"),
+    "train.loss_chunk_tokens": _COUNT,
     "engine.num_processes": _COUNT,
     "engine.timeout_s": _COUNT,
     "data.model_max_length": _COUNT,

@@ -1,0 +1,92 @@
+"""Per-sample causal attention for packed rows on PyTorch SDPA: each sample's span attends only to itself,
+computed span by span, so a row of several samples costs what the samples cost alone.
+
+Registered in transformers' ``AttentionInterface`` as :data:`PACKED_SDPA` (with SDPA's mask function). Given
+``packed_spans`` (per row, the ``(start, end)`` of every sample and of the trailing padding run, covering the row),
+it runs ``scaled_dot_product_attention(is_causal=True)`` on each span; without them it is transformers' SDPA. On
+flash-attention models nothing is needed: transformers already runs varlen kernels from the restarting position ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+#: the attention implementation name packed training switches an SDPA or eager LLM to
+PACKED_SDPA = "onevision_packed_sdpa"
+#: implementations that :func:`use_packed_attention` replaces (flash-attention handles packing itself)
+REPLACEABLE = ("sdpa", "eager")
+
+
+def packed_sdpa_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    packed_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """transformers' attention-function contract: ``query [B, H, L, D]``, ``key``/``value`` ``[B, Hkv, L, D]`` ->
+    ``([B, L, H, D], None)``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if packed_spans is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    import torch
+    from torch.nn import functional as F
+
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for r, spans in enumerate(packed_spans):
+        parts = [
+            F.scaled_dot_product_attention(
+                query[r : r + 1, :, s:e],
+                key[r : r + 1, :, s:e],
+                value[r : r + 1, :, s:e],
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=gqa,
+            )
+            for s, e in spans
+        ]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> None:
+    """Register :data:`PACKED_SDPA` with transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)
+
+
+def use_packed_attention(language_model: Any) -> bool:
+    """Switch an SDPA or eager transformers LLM to :data:`PACKED_SDPA`; returns whether it was switched."""
+    if language_model.config._attn_implementation not in REPLACEABLE:
+        return False
+    register_packed_attention()
+    language_model.set_attn_implementation(PACKED_SDPA)
+    return True
+
+
+def spans_of(row_lengths: Sequence[Sequence[int]], width: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """``packed_spans`` of rows holding samples of ``row_lengths``, padded to ``width`` (padding is a span too)."""
+    out = []
+    for lengths in row_lengths:
+        spans, col = [], 0
+        for n in lengths:
+            spans.append((col, col + n))
+            col += n
+        if col < width:
+            spans.append((col, width))
+        out.append(tuple(spans))
+    return tuple(out)

@@ -1,0 +1,153 @@
+"""Packing: a packed micro-batch gives every sample the loss and gradients it gets alone; training with packing
+logs the losses of training without it, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from onevision.attention import PACKED_SDPA, register_packed_attention
+from onevision.loss import LossConfig
+from onevision.train.build import build_encoder, build_model
+from onevision.train.data import TrainDataset, load_samples, plan_samples
+from onevision.train.engine import train
+from onevision.train.packing import first_fit_rows, pack
+from onevision.train.recipe import load_recipe
+
+from .conftest import data_overrides
+
+
+def _recipe(tiny_data, tmp_path, *extra):
+    return load_recipe(
+        "tiny/stage2_ov",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "init_from=null",
+            *data_overrides(tiny_data),
+            "logging.progress=false",
+            "data.num_workers=0",
+            "train.precision=fp32",
+            "train.gradient_checkpointing=false",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_data, tmp_path_factory):
+    torch.manual_seed(0)
+    recipe = _recipe(tiny_data, tmp_path_factory.mktemp("pack"))
+    model = build_model(recipe)
+    model.train()
+    encoder = build_encoder(recipe, model)
+    samples, _ = load_samples(recipe)
+    planned, _ = plan_samples(samples, recipe, encoder, log=False)
+    dataset = TrainDataset(planned, recipe, encoder)
+    by_modality: dict[str, list[int]] = {}
+    for i, m in enumerate(dataset.modalities):
+        by_modality.setdefault(m, []).append(i)
+    # two samples of every modality: image, multi-image, video and text-only in one packed batch
+    picked = [i for m in sorted(by_modality) for i in by_modality[m][:2]]
+    items = [dataset[i] for i in picked]
+    for item in items:
+        item.pop("sample_id")
+    return model, encoder, items
+
+
+def test_first_fit_rows_longest_first_within_the_budget():
+    assert first_fit_rows([3, 9, 4, 2, 7], 10) == [[1], [4, 0], [2, 3]]
+    assert first_fit_rows([3, 9, 4], None) == [[1, 2, 0]]
+    assert first_fit_rows([12, 2], 10) == [[0], [1]]  # too long for the budget: a row of its own, never split
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "attention, loss_kind",
+    [("sdpa", "hf"), ("sdpa", "chunked"), (PACKED_SDPA, "hf"), (PACKED_SDPA, "chunked")],
+)
+def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
+    """sdpa: transformers' block-diagonal mask from the restarting positions; PACKED_SDPA: span-by-span SDPA."""
+    model, encoder, items = setup
+    if attention == PACKED_SDPA:
+        register_packed_attention()
+    lengths = [len(x["input_ids"]) for x in items]
+    budget = max(lengths) + min(lengths)  # several rows, some holding two samples, some padding
+    rows = first_fit_rows(lengths, budget)
+    assert len(rows) > 1 and any(len(r) > 1 for r in rows)
+    # each sample alone: the sum of its token losses, and its gradients
+    alone_loss, alone_n, alone_grad = [], [], {}
+    model.loss = LossConfig("hf")
+    for item in items:
+        model.zero_grad(set_to_none=True)
+        batch = encoder.collate([item])
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        loss = model(**batch).loss
+        (loss * n).backward()
+        alone_loss.append(float(loss.detach()))
+        alone_n.append(n)
+        for k, g in _grads(model).items():
+            alone_grad[k] = alone_grad.get(k, 0) + g
+    # packed: per-sample losses from the logits, then the loss the trainer uses and its gradients
+    batch = pack(items, encoder.collate, budget, encoder.processor.pad_token_id)
+    model.language_model.set_attn_implementation(attention)
+    assert batch["packed"] and batch["input_ids"].shape[0] == len(rows)
+    assert int(batch["attention_mask"].sum()) == sum(lengths)
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    for r, row in enumerate(rows):
+        col = 0
+        for i in row:
+            n = lengths[i]
+            tok = F.cross_entropy(
+                logits[r, col : col + n - 1], batch["labels"][r, col + 1 : col + n], reduction="none"
+            )
+            keep = batch["labels"][r, col + 1 : col + n] != -100
+            assert int(keep.sum()) == alone_n[i]
+            assert float(tok[keep].mean()) == pytest.approx(alone_loss[i], abs=1e-5)
+            col += n
+    model.loss = LossConfig(loss_kind, chunk_tokens=16)
+    loss = model(**batch).loss
+    total = sum(alone_n)
+    assert float(loss.detach()) == pytest.approx(
+        sum(x * n for x, n in zip(alone_loss, alone_n)) / total, abs=1e-5
+    )
+    (loss * total).backward()
+    packed_grad = _grads(model)
+    assert packed_grad.keys() == alone_grad.keys()
+    for k, g in packed_grad.items():
+        torch.testing.assert_close(g, alone_grad[k], atol=1e-5, rtol=1e-5, msg=k)
+    model.loss = LossConfig()
+    model.language_model.set_attn_implementation("sdpa")
+    model.zero_grad(set_to_none=True)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_packed_training_logs_the_unpacked_losses_and_resumes_exactly(tiny_data, tmp_path):
+    common = (
+        "train.max_steps=4",
+        "checkpoint.every_steps=2",
+        "train.micro_batch_size=3",
+        "train.grad_accum=1",
+    )
+    plain = train(_recipe(tiny_data, tmp_path / "plain", *common, f"output_dir={tmp_path / 'plain'}"))
+    packed_args = (*common, "train.packing=true", "train.loss=chunked", f"output_dir={tmp_path / 'packed'}")
+    full = train(_recipe(tiny_data, tmp_path, *packed_args))
+    assert full.losses == pytest.approx(plain.losses, abs=1e-5)
+    records = [json.loads(line) for line in (tmp_path / "packed" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["padding"] == 0.0 for r in records)  # micro-batch in one row: no padding at all
+    # interrupted after step 2 (its checkpoint), resumed in a new run: the same losses as without the stop
+    out = f"output_dir={tmp_path / 'stopped'}"
+    train(_recipe(tiny_data, tmp_path, *packed_args, out), stop_after=2)
+    resumed = train(_recipe(tiny_data, tmp_path, *packed_args, out))
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-00000002"
+    assert _losses(tmp_path / "stopped") == pytest.approx(full.losses, abs=1e-6)
