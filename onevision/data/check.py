@@ -15,7 +15,7 @@ from onevision.data.index import ShardIndex, read_index
 from onevision.train.data import DataStats, PlannedSample
 from onevision.train.prepare import prepare_data
 from onevision.train.recipe import Recipe
-from onevision.train.shards import ShardDataset, _fs, shard_roots
+from onevision.train.shards import ShardDataset, shard_roots, url_fs
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def scan_shards(index: ShardIndex) -> list[ShardProblem]:
         by_shard.setdefault(e.shard, []).append(e)
     for i in range(len(index.shards)):
         url = index.shard_url(i)
-        fs, path = _fs(url)
+        fs, path = url_fs(url)
         try:
             with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 found = {m.name: (m.offset_data, m.size) for m in tar}

@@ -183,34 +183,38 @@ class BadLine:
         return f"{self.path}:{self.line}: invalid JSON line ({self.reason})"
 
 
+def data_parts(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The files or shard sets that ``data.path`` names: each entry of a list, and each alternative of a brace
+    pattern (``dir/{a,b}.jsonl``, ``s3://b/{set0,set1}``) unless a local path exists exactly as written."""
+    out = []
+    for p in [path] if isinstance(path, (str, os.PathLike)) else path:
+        brace = _BRACE.fullmatch(str(p))
+        if brace and not os.path.exists(p):
+            out += [f"{brace.group(1)}{alt.strip()}{brace.group(3)}" for alt in brace.group(2).split(",")]
+        else:
+            out.append(str(p))
+    return out
+
+
 def read_records(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     seed: int = 0,
     strict: bool = False,
     on_bad_line: Callable[[BadLine], None] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """``(source, record)`` pairs from a JSON/JSONL file, a brace pattern, or a mixture YAML.
+    """``(source, record)`` pairs from a JSON/JSONL file, a mixture YAML, or a list or brace pattern of them.
 
     A ``.jsonl`` line that is not valid JSON is skipped with a warning naming ``file:line`` and passed to
     ``on_bad_line`` (a :class:`BadLine`); with ``strict`` it raises :class:`DataError` instead. A ``.json`` file
     that does not parse is one unusable file and always raises.
     """
-    text = str(path)
-    brace = _BRACE.fullmatch(text)
-    if brace and not Path(text).exists():
-        out = []
-        for part in brace.group(2).split(","):
-            out.extend(
-                read_records(
-                    f"{brace.group(1)}{part.strip()}{brace.group(3)}",
-                    seed=seed,
-                    strict=strict,
-                    on_bad_line=on_bad_line,
-                )
-            )
-        return out
-    p = Path(text)
+    parts = data_parts(path)
+    if parts != [str(path)]:
+        return [
+            r for part in parts for r in read_records(part, seed=seed, strict=strict, on_bad_line=on_bad_line)
+        ]
+    p = Path(parts[0])
     if p.suffix in (".yaml", ".yml"):
         return _read_mixture(p, seed, strict, on_bad_line)
     return [(f"{p}#{i}", r) for i, r in enumerate(_read_json_file(p, strict, on_bad_line))]
@@ -494,17 +498,13 @@ def load_samples(recipe: Recipe) -> tuple[list[Sample], DataStats]:
 
 
 def _check_data_path(recipe: Recipe) -> None:
-    """``data.path`` (each file of a brace pattern) exists and is a file: a :class:`RecipeError` naming the key."""
+    """``data.path`` (each file of a list or brace pattern) exists and is a file: a :class:`RecipeError` naming the key."""
     path = recipe.data.path
     if not path:
         raise RecipeError(
             recipe.source, "data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml"
         )
-    brace = _BRACE.fullmatch(path)
-    parts = [path]
-    if brace and not os.path.exists(path):
-        parts = [f"{brace.group(1)}{p.strip()}{brace.group(3)}" for p in brace.group(2).split(",")]
-    for part in parts:
+    for part in data_parts(path):
         if os.path.isfile(part):
             continue
         what = "is not a file" if os.path.exists(part) else "does not exist"

@@ -9,7 +9,6 @@ for other reasons (hub weights offline, ``init_from`` not trained yet) is only n
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 from onevision.train.recipe import Recipe, RecipeError
 
@@ -88,17 +87,21 @@ def dry_run_report(recipe: Recipe, *, build: bool = True) -> tuple[str, RecipeEr
     except Exception as exc:  # e.g. hub weights not available offline: still show the recipe and budget
         out += ["", f"trainable parameters: unavailable ({type(exc).__name__}: {exc})"]
         return "\n".join(out), None
-    if recipe.data.synthetic is None and not Path(recipe.data.path).exists():
-        out.append(f"\ndata: {recipe.data.path} not found (lengths not measured)")
+    from onevision.train.data import data_parts
+    from onevision.train.prepare import prepare_data
+    from onevision.train.sampler import GroupedBatchSampler
+    from onevision.train.shards import url_fs
+
+    parts = data_parts(recipe.data.path)
+    missing = [p for p in parts if not url_fs(p)[0].exists(url_fs(p)[1])]
+    if recipe.data.synthetic is None and missing:
+        out.append(f"\ndata: {missing[0]} not found (lengths not measured)")
         return "\n".join(out), None
-    if recipe.data.synthetic is not None and not Path(recipe.data.path).exists():
+    if recipe.data.synthetic is not None and missing:
         out.append(f"\ndata: synthetic, generated at {recipe.data.path} on the first run")
         return "\n".join(out), None
-    from onevision.train.data import load_samples, plan_samples
-    from onevision.train.sampler import GroupedBatchSampler
-
-    samples, stats = load_samples(recipe)
-    planned, stats = plan_samples(samples, recipe, encoder, stats, log=False)
+    dataset, stats = prepare_data(recipe, encoder, is_main=False)
+    planned = dataset.planned
     out += ["", f"data: {stats.summary()}"]
     if planned:
         lengths = [p.length for p in planned]

@@ -165,7 +165,9 @@ class SyntheticData:
 class DataConfig:
     """Where the data is and how it is selected, measured, grouped and loaded."""
 
-    path: str = ""  # LLaVA .json/.jsonl or a OneVision mixture .yaml (required unless synthetic)
+    path: str | list[str] = (
+        ""  # LLaVA .json(l), mixture .yaml, shard set (fsspec URL); or a list / {a,b} of them
+    )
     image_root: str | None = None
     video_root: str | None = None
     modalities: list[Modality] = field(default_factory=lambda: list(ALL_MODALITIES))
@@ -621,6 +623,8 @@ def validate(recipe: Recipe, origins: Mapping[str, str] | None = None) -> None:
         raise err("output_dir", "set an output directory (e.g. output_dir=runs/my-stage)")
     if not recipe.data.path and recipe.data.synthetic is None:
         raise err("data.path", "set the training data: a LLaVA .json/.jsonl file or a mixture .yaml")
+    if recipe.data.synthetic is not None and not isinstance(recipe.data.path, str):
+        raise err("data.path", "data.synthetic generates one mixture .yaml: give one path, not a list")
     for key, rule, value in _numbers(recipe):
         if not rule.allows(value):
             raise err(key, f"must be {rule.describe()}, got {value!r}")

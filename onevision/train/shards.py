@@ -28,7 +28,6 @@ from typing import Any
 from onevision.data.index import INDEX_NAME, ShardIndex, join, read_index
 from onevision.errors import DataError, MediaError
 from onevision.train.data import (
-    _BRACE,
     DataStats,
     Measure,
     Media,
@@ -36,6 +35,7 @@ from onevision.train.data import (
     Sample,
     SampleEncoder,
     TrainDataset,
+    data_parts,
     parse_record,
     plan_samples,
 )
@@ -47,29 +47,22 @@ logger = logging.getLogger("onevision.train")
 
 
 @functools.lru_cache(maxsize=64)
-def _fs(url: str) -> tuple[Any, str]:
+def url_fs(url: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` of a local path or any fsspec URL (cached per URL)."""
     import fsspec
 
     return fsspec.core.url_to_fs(url)
 
 
-def expand(path: str) -> list[str]:
-    """The parts of a brace pattern (``s3://b/{part0,part1}``), or ``[path]``."""
-    brace = _BRACE.fullmatch(path)
-    if not brace:
-        return [path]
-    return [f"{brace.group(1)}{p.strip()}{brace.group(3)}" for p in brace.group(2).split(",")]
-
-
-def shard_roots(path: str) -> list[str] | None:
-    """The shard-set directories ``data.path`` names (each holds an ``index.jsonl``), or ``None`` for loose
-    files. A pattern mixing both is refused."""
+def shard_roots(path: str | Sequence[str]) -> list[str] | None:
+    """The shard-set directories ``data.path`` names (a directory, a list or a brace pattern of them; each holds
+    an ``index.jsonl``), or ``None`` for loose files. A ``data.path`` mixing both is refused."""
     if not path:
         return None
-    parts = expand(path)
+    parts = data_parts(path)
     found = []
     for part in parts:
-        fs, p = _fs(part)
+        fs, p = url_fs(part)
         try:
             found.append(fs.isfile(join(p, INDEX_NAME)))
         except OSError:
@@ -78,7 +71,7 @@ def shard_roots(path: str) -> list[str] | None:
         return None
     if not all(found):
         missing = [p for p, f in zip(parts, found) if not f]
-        raise DataError(f"{missing[0]}: no {INDEX_NAME} there, but other parts of {path} are shard sets")
+        raise DataError(f"{missing[0]}: no {INDEX_NAME} there, but other parts of data.path are shard sets")
     return [p.rstrip("/") for p in parts]
 
 
@@ -87,7 +80,7 @@ def check_shards(index: ShardIndex) -> None:
     the shard and the index."""
     for i, info in enumerate(index.shards):
         url = index.shard_url(i)
-        fs, p = _fs(url)
+        fs, p = url_fs(url)
         try:
             size = fs.size(p)
         except FileNotFoundError:
@@ -157,7 +150,7 @@ def plan_shards(
 def read_member(url: str, key: str, name: str, extent: tuple[int, int]) -> bytes:
     """One member's bytes by a ranged read, its tar header checked against the index (raises MediaError)."""
     offset, size = extent
-    fs, path = _fs(url)
+    fs, path = url_fs(url)
     start = offset - tarfile.BLOCKSIZE
     try:
         blob = fs.cat_file(path, start=start, end=offset + size)

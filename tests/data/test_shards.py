@@ -166,3 +166,33 @@ def test_a_missing_member_or_a_corrupt_tar_is_skipped_and_counted(shards, encode
     assert not clean
     assert f"missing shard member: 1 (first: {victim.id} (" in text
     assert "corrupt tar: 1 (first: " in text and "shard-000003.tar" in text
+
+
+def test_a_list_of_sources_reads_each_in_order(mixture, encoder, shards, tmp_path):
+    second = tmp_path / "second"
+    shutil.copytree(shards, second)
+    one, _ = prepare_data(sharded(shards), encoder)
+    listed, stats = prepare_data(sharded(f"[{shards},{second}]"), encoder)
+    braced, _ = prepare_data(sharded(f"'{{{shards},{second}}}'"), encoder)
+    assert listed.lengths == braced.lengths == one.lengths * 2 and stats.kept == 56
+    assert listed.where == braced.where and len(listed.where) == 56
+    files = []
+    for part in ("a", "b"):  # loose files: two JSONL files as a list, in that order
+        record = {
+            "id": part,
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": part}],
+        }
+        files.append(tmp_path / f"{part}.jsonl")
+        files[-1].write_text(json.dumps(record) + "\n")
+    loose_list, _ = prepare_data(sharded(f"[{files[1]},{files[0]}]"), encoder)
+    assert [p.sample.id for p in loose_list.planned] == ["b", "a"]
+    with pytest.raises(DataError, match=r"a\.jsonl: no index\.jsonl there, but other parts of data\.path"):
+        prepare_data(sharded(f"[{shards},{files[0]}]"), encoder)
+
+
+def test_a_dry_run_plans_from_the_shard_index(encoder, shards):
+    from onevision.train.dryrun import dry_run
+
+    report = dry_run(sharded(shards))
+    assert "data: 28/28 samples kept (image 15, multi_image 4, text 5, video 4)" in report
+    assert "7 steps per epoch" in report
