@@ -110,7 +110,7 @@ def stats_report(recipe: Recipe, encoder: Any) -> str:
     where = dataset.where if isinstance(dataset, ShardDataset) else {}
     rows: dict[tuple[str, str], list[int]] = {}
     for p in planned:
-        source = where[p.sample.source][3] if where else p.sample.source  # the record's file#index
+        source = where[p.sample.source].record_source if where else p.sample.source  # the record's file#index
         rows.setdefault((source.rpartition("#")[0], p.sample.modality), []).append(p.length)
     lines = [
         f"# {recipe.name}: {stats.summary()}",

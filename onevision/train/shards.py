@@ -23,7 +23,7 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from onevision.data.index import INDEX_NAME, ShardIndex, join, read_index
 from onevision.errors import DataError, MediaError
@@ -44,6 +44,16 @@ from onevision.train.recipe import Recipe
 from onevision.train.visual import load_video
 
 logger = logging.getLogger("onevision.train")
+
+
+class MemberRef(NamedTuple):
+    """Where a planned sample's members are: its shard's URL, its key, ``member -> (offset, size)`` and the
+    record's original source (``file#index``, for reports)."""
+
+    url: str
+    key: str
+    members: dict[str, tuple[int, int]]
+    record_source: str
 
 
 @functools.lru_cache(maxsize=64)
@@ -96,7 +106,7 @@ def check_shards(index: ShardIndex) -> None:
 
 def index_samples(
     index: ShardIndex,
-) -> tuple[list[Sample], list[tuple[tuple[int, ...], Measure]], dict[str, tuple[str, str, dict, str]]]:
+) -> tuple[list[Sample], list[tuple[tuple[int, ...], Measure]], dict[str, MemberRef]]:
     """Planning inputs from an index: media-less samples (their media named by member), their stored measures,
     and ``source -> (shard url, key, members, the record's original source)`` for the dataset."""
     samples, measured, where = [], [], {}
@@ -111,7 +121,7 @@ def index_samples(
             s = Sample(e.id, e.modality, (), media, None, source)  # type: ignore[arg-type]
         samples.append(s)
         measured.append((e.visual_tokens, Measure(e.length, e.visual_end)))
-        where[source] = (url, e.key, e.members, e.source)
+        where[source] = MemberRef(url, e.key, e.members, e.source)
     return samples, measured, where
 
 
@@ -122,7 +132,7 @@ def plan_shards(
     stats: DataStats | None = None,
     *,
     log: bool = True,
-) -> tuple[list[PlannedSample], DataStats, dict[str, tuple[str, str, dict, str]]]:
+) -> tuple[list[PlannedSample], DataStats, dict[str, MemberRef]]:
     """Plan from the indexes of ``roots``: the same modality filter, over-length policy and kept/dropped table as
     for loose files, from stored lengths. Refused (one line naming the index) when the index was packed under
     another visual policy or tokenizer, or when its shards are missing or changed size."""
@@ -198,7 +208,7 @@ class ShardDataset(TrainDataset):
         planned: Sequence[PlannedSample],
         recipe: Recipe,
         encoder: SampleEncoder,
-        where: dict[str, tuple[str, str, dict, str]],
+        where: dict[str, MemberRef],
     ):
         super().__init__(planned, recipe, encoder)
         self.where = where
