@@ -68,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from onevision.data.pack import pack
-    from onevision.train.build import build_encoder, build_model
+    from onevision.train.build import build_sample_encoder
     from onevision.train.data import TrainDataset, load_samples, plan_samples
     from onevision.train.lengths import measure_samples
     from onevision.train.prepare import prepare_data
@@ -88,7 +88,7 @@ def main() -> int:
         raw = load_recipe(
             "tiny/stage2_si", [f"data.path={data}", f"data.image_root={root / 'images'}", *common]
         )
-        encoder = build_encoder(raw, build_model(raw))
+        encoder = build_sample_encoder(raw)
         rows = []
 
         t = time.perf_counter()

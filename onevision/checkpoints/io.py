@@ -105,7 +105,13 @@ class LazyTensor:
         return self.dtype.is_floating_point
 
     def load(self, device: Any = "cpu", dtype: Any = None) -> Any:
-        """The tensor on ``device`` in ``dtype``: a view of the mapped file when both match it, else one copy."""
+        """The tensor on ``device`` in ``dtype``: a view of the mapped file when both match it, else one copy; on
+        the ``meta`` device, its shape and dtype only (nothing is read)."""
+        import torch
+
+        if torch.device(device).type == "meta":
+            floating = self.dtype.is_floating_point and dtype is not None
+            return torch.empty(self.shape, dtype=dtype if floating else self.dtype, device="meta")
         tensor = self.shard.handle.get_tensor(self.key)
         if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
             tensor = tensor.to(device=device, dtype=dtype)

@@ -78,9 +78,9 @@ def _recipe(args: argparse.Namespace, path: str | None = None):
 
 
 def _encoder(recipe):
-    from onevision.train.build import build_encoder, build_model
+    from onevision.train.build import build_sample_encoder
 
-    return build_encoder(recipe, build_model(recipe))
+    return build_sample_encoder(recipe)  # the model's structure and processor: no weights are read
 
 
 def run_pack(args: argparse.Namespace) -> int:

@@ -20,9 +20,10 @@ from onevision.train.recipe import Recipe, RecipeError
 _PROCESSORS: dict[int, Any] = {}
 
 
-def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
+def build_onevision_model(recipe: Recipe, init_from: Path | None, *, weights: bool = True) -> Any:
     """``OneVisionModel`` from ``init_from`` (a native checkpoint), else the model config the recipe describes
-    (:func:`onevision.train.model_config.recipe_model_config`: a named preset or component ids)."""
+    (:func:`onevision.train.model_config.recipe_model_config`: a named preset or component ids). ``weights=False``
+    builds it on the meta device and leaves out the LoRA / quantization preparation (nothing to train)."""
     try:
         from onevision.pipeline import from_config, load
         from onevision.policy import resolve_processor_config
@@ -34,7 +35,8 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
     from onevision.train import lora_stage
 
     if init_from is not None:
-        pipe = load(str(init_from), **lora_stage.init_from_options(init_from))
+        options = lora_stage.init_from_options(init_from)
+        pipe = load(str(init_from), **({} if weights or options else {"device": "meta"}), **options)
     else:
         import torch
 
@@ -47,7 +49,13 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
 
             tokenizer = tiny_tokenizer()
         torch.manual_seed(recipe.seed)
-        pipe = from_config(config, tokenizer=tokenizer)
+        if weights:
+            pipe = from_config(config, tokenizer=tokenizer)
+        else:
+            from accelerate import init_empty_weights
+
+            with init_empty_weights():
+                pipe = from_config(config, tokenizer=tokenizer)
     model = pipe.model
     info = model.vision_tower.info
     if (info.tile_size, info.patch_size) != (recipe.visual.tile_size, recipe.visual.patch_size):
@@ -66,8 +74,9 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None) -> Any:
     cfg = resolve_processor_config(policy, info)
     processor = OneVisionProcessor(pipe.processor.tokenizer, cfg, max_length=recipe.data.model_max_length)
     model.config = dataclasses.replace(model.config, processor=processor.config)  # the model's policy follows
-    lora_stage.prepare_model(recipe, model, processor, init_from)  # LoRA / QLoRA stages only
-    model.train()
+    if weights:
+        lora_stage.prepare_model(recipe, model, processor, init_from)  # LoRA / QLoRA stages only
+        model.train()
     _PROCESSORS[id(model)] = processor
     return model
 

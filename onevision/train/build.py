@@ -35,10 +35,10 @@ def check_init_from(recipe: Recipe) -> Path | None:
     return d
 
 
-def _onevision_model(recipe: Recipe) -> Any:
+def _onevision_model(recipe: Recipe, *, weights: bool = True) -> Any:
     from onevision.train.adapters import build_onevision_model
 
-    return build_onevision_model(recipe, check_init_from(recipe))
+    return build_onevision_model(recipe, check_init_from(recipe), weights=weights)
 
 
 def _onevision_encoder(recipe: Recipe, model: Any) -> Any:
@@ -53,15 +53,22 @@ def _onevision_save(model: Any, encoder: Any, directory: Path, state_dict: dict[
     save_onevision(model, encoder, directory, state_dict)
 
 
-#: builder -> (build model, build encoder, save a self-contained model directory)
+#: builder -> (build model (``recipe, *, weights``), build encoder, save a self-contained model directory)
 MODEL_BUILDERS: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., None]]] = {
     "onevision": (_onevision_model, _onevision_encoder, _onevision_save),
 }
 
 
-def build_model(recipe: Recipe) -> Any:
-    """The model for ``recipe`` (fresh, or loaded from ``init_from``)."""
-    return MODEL_BUILDERS[recipe.model.builder][0](recipe)
+def build_model(recipe: Recipe, *, weights: bool = True) -> Any:
+    """The model for ``recipe`` (fresh, or loaded from ``init_from``). ``weights=False``: its structure, config
+    and processor only, parameters on the meta device (nothing is read or initialised: for planning and the data
+    tools; components the recipe names by hub id are still fetched by their library)."""
+    return MODEL_BUILDERS[recipe.model.builder][0](recipe, weights=weights)
+
+
+def build_sample_encoder(recipe: Recipe) -> Any:
+    """The sample encoder training would use (exact lengths, encoding), from a model built without weights."""
+    return build_encoder(recipe, build_model(recipe, weights=False))
 
 
 def build_encoder(recipe: Recipe, model: Any = None) -> Any:

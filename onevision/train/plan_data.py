@@ -113,8 +113,8 @@ def profile_tokens(profile: DataProfile) -> EpochTokens:
 
 def sampled_tokens(recipe: Any, sample: int, *, seed: int = 0) -> EpochTokens:
     """Exact lengths of up to ``sample`` seeded random records through the planner (``plan_samples``), scaled to
-    all records. Builds the recipe's model to get its processor, so its weights must be at hand."""
-    from onevision.train.build import build_encoder, build_model
+    all records. The recipe's processor comes from its model built without weights (:func:`build_sample_encoder`)."""
+    from onevision.train.build import build_sample_encoder
     from onevision.train.data import load_samples, plan_samples
 
     if recipe.data.synthetic is not None:  # the tiny recipes generate their data on first use
@@ -125,7 +125,7 @@ def sampled_tokens(recipe: Any, sample: int, *, seed: int = 0) -> EpochTokens:
     if not samples:
         raise RecipeError(recipe.source, "data.path", "no usable record to measure")
     picked = samples if len(samples) <= sample else random.Random(seed).sample(samples, sample)
-    encoder = build_encoder(recipe, build_model(recipe))
+    encoder = build_sample_encoder(recipe)
     planned, _ = plan_samples(picked, recipe, encoder, log=False)
     if not planned:
         raise RecipeError(recipe.source, "data.path", "no sampled record survives planning")

@@ -61,3 +61,29 @@ def test_data_stats_gives_the_token_budget_per_source(mixture, capsys):
         and f"| {root / 'video.jsonl'} | video | 4 |" in out
     )
     assert "per epoch: 7 optimizer steps of 4 samples" in out and "dropped: none" in out
+
+
+def test_the_data_tools_build_no_weights_and_measure_as_training_does(mixture, encoder, tmp_path):
+    """``build_sample_encoder`` (what ``onevision data`` and ``onevision plan`` use) measures and encodes exactly as
+    the trained model's encoder, from a model on the meta device: built from a config, or from a finished stage."""
+    import torch
+
+    from onevision.train.build import STAGE_FILE, build_encoder, build_model, build_sample_encoder, save_model
+    from onevision.train.prepare import prepare_data
+
+    recipe = loose(mixture)
+    full, stats = prepare_data(recipe, encoder, is_main=False)
+    stage = tmp_path / "stage"
+    save_model(recipe, build_model(recipe), encoder, stage, None)
+    (stage / STAGE_FILE).write_text("{}")
+    staged = loose(mixture, f"init_from={stage}")
+    model = build_model(staged, weights=False)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.device.type for p in build_model(recipe, weights=False).parameters()} == {"meta"}
+    for light in (build_sample_encoder(recipe), build_encoder(staged, model)):
+        meta, meta_stats = prepare_data(recipe, light, is_main=False)
+        assert meta.lengths == full.lengths and meta_stats == stats
+        for i in (0, len(full) - 1):
+            a, b = full[i], meta[i]
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)

@@ -162,6 +162,37 @@ def test_device_and_device_map(native_dir):
         onevision.load(str(native_dir), device_map={"vision_tower": "cpu"})
 
 
+def test_meta_device_load_reads_no_weight(native_dir, monkeypatch):
+    """``device="meta"``: the model's structure, config and processor, and not one weight read from the file."""
+    from onevision.checkpoints import io
+
+    full = onevision.load(str(native_dir))
+    real_init = io._Shard.__init__
+
+    def no_reads(self, path):
+        real_init(self, path)
+        self.handle = _NoTensorReads(self.handle)
+
+    monkeypatch.setattr(io._Shard, "__init__", no_reads)
+    meta = onevision.load(str(native_dir), device="meta", dtype=torch.bfloat16)
+    assert {t.device.type for t in [*meta.model.parameters(), *meta.model.buffers()]} == {"meta"}
+    shapes = {k: tuple(v.shape) for k, v in full.model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in meta.model.state_dict().items()} == shapes
+    assert meta.model.language_model.dtype == torch.bfloat16
+    assert meta.processor.config == full.processor.config
+
+
+class _NoTensorReads:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def get_tensor(self, key):
+        raise AssertionError(f"a meta-device load read {key}")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
 def _disk_map(model) -> dict[str, str]:
     """Vision tower, projector and the first decoder block in memory; every other block and the head on disk."""
     n = len(model.language_model.model.layers)
