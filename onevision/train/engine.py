@@ -28,6 +28,7 @@ from typing import Any
 from onevision.errors import CheckpointError, TrainingError
 from onevision.lora import lora_parameters
 from onevision.loss import LossConfig
+from onevision.train import lora_stage
 from onevision.train.build import (
     STAGE_FILE,
     build_encoder,
@@ -248,7 +249,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                 f" != {recipe.hash()}); set checkpoint.allow_recipe_change=true to resume anyway, "
                 "or checkpoint.resume=never to start over"
             )
-        load_checkpoint(resume_dir, acc, scheduler, sampler, rank)
+        options = lora_stage.resume_load_options(acc.unwrap_model(model), resume_dir / "state")
+        load_checkpoint(resume_dir, acc, scheduler, sampler, rank, **options)
         step, resumed = int(manifest["step"]), resume_dir
         load_skipped = int(manifest.get("skipped", {}).get("load", 0))
         bad_steps = int(manifest.get("skipped", {}).get("steps", 0))
@@ -470,14 +472,15 @@ def _find_resume(recipe: Recipe, ckpt: CheckpointManager, is_main: bool) -> Path
 
 
 def load_checkpoint(
-    path: Path, acc: Any, scheduler: Any, sampler: GroupedBatchSampler, rank: int
+    path: Path, acc: Any, scheduler: Any, sampler: GroupedBatchSampler, rank: int, **load_options: Any
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, sampler position and this rank's RNG from a checkpoint directory,
-    unpickling nothing (:func:`~onevision.train.checkpoint.no_pickle`); returns its manifest."""
+    unpickling nothing (:func:`~onevision.train.checkpoint.no_pickle`); returns its manifest. ``load_options`` go
+    to the model's load (:func:`~onevision.train.lora_stage.resume_load_options`)."""
     manifest = CheckpointManager.read_manifest(path)
     with no_pickle():
         try:
-            acc.load_state(str(path / "state"))
+            acc.load_state(str(path / "state"), **load_options)
         except Exception as exc:  # a checkpoint that verifies yet fails to load was forged or is foreign
             raise CheckpointError(
                 f"{path}: cannot load the training state ({type(exc).__name__}: {exc})"

@@ -93,3 +93,32 @@ def save_stage(model: Any, encoder: Any, directory: Path, state_dict: dict[str, 
         full_components=full,
         state_dict=state_dict,
     )
+
+
+def resume_load_options(model: Any, state_dir: Path) -> dict[str, Any]:
+    """Options for ``Accelerator.load_state`` when resuming ``model`` from ``state_dir``.
+
+    bitsandbytes' 4/8-bit layers do not consume their quantization-state keys (``weight.absmax``,
+    ``weight.quant_map``...) when a state dict is loaded into them, so a strict load of a QLoRA checkpoint fails
+    although every key is there. For a quantized model the saved keys are compared with the model's here (a
+    checkpoint of another model is refused naming the file), then the load is not strict: the LoRA weights, the
+    fully-trained modules and the packed quantized weights are restored, and the quantization constants are the
+    ones this build computed from the same recorded base."""
+    if getattr(model, "quantization", None) is None:
+        return {}
+    from safetensors import safe_open
+
+    from onevision.errors import CheckpointError
+
+    weights = state_dir / "model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), framework="pt") as handle:
+            saved = set(handle.keys())
+        own = set(model.state_dict())
+        if saved != own:
+            odd = sorted(saved ^ own)
+            raise CheckpointError(
+                f"{weights}: its tensors differ from this model's ({len(saved - own)} unknown, {len(own - saved)} "
+                f"missing; first: {odd[0]}); it is not a checkpoint of this QLoRA stage"
+            )
+    return {"strict": False}

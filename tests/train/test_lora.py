@@ -256,8 +256,8 @@ def test_an_adapter_whose_base_checksum_differs_is_refused(lora_run, tmp_path):
     assert "\n" not in message and str(copy / MANIFEST) in message and "SHA-256" in message
 
 
-def test_an_interrupted_lora_stage_resumes_to_the_same_adapter(tiny_data, tmp_path):
-    name = "lora/tiny"  # QLoRA resume (4-bit weights in the accelerate state) is not supported yet
+@pytest.mark.parametrize("name", ["lora/tiny", "lora/tiny_qlora"])
+def test_an_interrupted_lora_stage_resumes_to_the_same_adapter(name, tiny_data, tmp_path):
 
     def run(out, stop_after=None):
         return train(_recipe(name, out, tiny_data, "checkpoint.every_steps=2"), stop_after=stop_after)
@@ -270,3 +270,18 @@ def test_an_interrupted_lora_stage_resumes_to_the_same_adapter(tiny_data, tmp_pa
     whole = load_file(str(tmp_path / "whole" / ADAPTER_WEIGHTS))
     cut = load_file(str(tmp_path / "cut" / ADAPTER_WEIGHTS))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_a_qlora_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from onevision.train.lora_stage import resume_load_options
+
+    model = torch.nn.Linear(4, 4)
+    assert resume_load_options(model, tmp_path) == {}  # not quantized: accelerate's strict load
+    model.quantization = "nf4"  # what quantize_model records
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    assert resume_load_options(model, tmp_path) == {"strict": False}
+    save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: its tensors differ from this model's"):
+        resume_load_options(model, tmp_path)
