@@ -1,5 +1,6 @@
 """Multi-process training on CPU (gloo): DDP, ZeRO-2 and ZeRO-3 with 2 processes log the same losses as one
-process with the same global batch; ZeRO-3 resumes exactly; SIGKILL mid-training and mid-save lose nothing.
+process with the same global batch (full and LoRA stages); ZeRO-3 resumes exactly; SIGKILL mid-training and
+mid-save lose nothing.
 
 Every launch uses the real tiny OneVision model, a fresh free port, OMP_NUM_THREADS=1, DS_ACCELERATOR=cpu and
 CUDA_VISIBLE_DEVICES="" (see docs/training.md). Each launch is retried once on the rare gloo abort at exit.
@@ -322,3 +323,31 @@ def test_deepspeed_skips_a_non_finite_step_too(tiny_data, tmp_path):
     stage = json.loads((out / "stage.json").read_text())
     assert stage["skipped"]["steps"] == {"non-finite loss or gradient norm": 1}
     assert all(bool(t.isfinite().all()) for t in _weights(out).values())
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero2"])
+def test_a_lora_stage_on_two_processes_matches_one_process(tiny_data, tmp_path, backend):
+    """LoRA on the LLM (projector and newline full, tower frozen) under DDP / ZeRO-2 with 2 processes: the same
+    losses as one process with the same global batch, and one adapter directory with the same LoRA weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    lora = ("components.llm.trainable=lora", "components.llm.lora.r=4", "components.llm.lora.dropout=0")
+    lora += (
+        "components.vision.trainable=frozen",
+    )  # dropout 0: ranks draw other dropout masks than one process
+    outs = {}
+    for name, b, n in (("single", "single", 1), (backend, backend, 2)):
+        _run(tmp_path / name, tiny_data, b, n, *lora)
+        outs[name] = tmp_path / name
+    assert _close(_losses(outs[backend]), _losses(outs["single"])), (
+        _losses(outs[backend]),
+        _losses(outs["single"]),
+    )
+    for out in outs.values():
+        assert (out / "adapter_config.json").is_file() and (out / "stage.json").is_file()
+        assert not (out / "model.safetensors").exists()  # an adapter directory, not a full model
+    one, two = (load_file(str(outs[k] / "adapter_model.safetensors")) for k in ("single", backend))
+    assert one.keys() == two.keys() and len(one) > 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4, msg=k)
