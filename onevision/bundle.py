@@ -82,6 +82,7 @@ def restore_bundle(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
     attn_implementation: str | None = None,
+    quantize: Any = None,
 ) -> Bundle:
     """Build a bundle from ``config`` offline, then load native-named ``state`` into it strictly (eval mode).
 
@@ -91,7 +92,8 @@ def restore_bundle(
     :meth:`~onevision.model.OneVisionModel.load_checkpoint_state`). ``attn_implementation`` applies to the LLM
     and the vision tower. When the tokenizer has more tokens than the state's embeddings (e.g. ``<image>`` added
     to an original checkpoint's tokenizer), the new rows take the mean of the old ones; they are never read,
-    because placeholder positions are replaced by visual features.
+    because placeholder positions are replaced by visual features. ``quantize`` (a
+    :class:`~onevision.quantization.QuantizePlan`) quantizes linear layers as their weights are read.
     """
     import torch
 
@@ -116,6 +118,7 @@ def restore_bundle(
         device_map=device_map,
         max_memory=max_memory,
         offload_folder=offload_folder,
+        quantize=quantize,
     )
     bundle.model.eval()
     return bundle

@@ -126,6 +126,7 @@ class OneVisionModel(nn.Module):
         device_map: Any = None,
         max_memory: dict[Any, Any] | None = None,
         offload_folder: str | os.PathLike[str] | None = None,
+        quantize: Any = None,
     ) -> None:
         """Load native-named ``state`` (tensors or :class:`~onevision.checkpoints.io.LazyTensor`) strictly:
         :class:`KeyMismatchError` names missing/unexpected weights, :class:`CheckpointError` mismatched shapes.
@@ -138,10 +139,10 @@ class OneVisionModel(nn.Module):
         state = self._checked_state(state, source, drop)
         tied = bool(getattr(self.language_model.config, "tie_word_embeddings", False))
         meta = any(t.is_meta for t in self.parameters())
-        if not meta and dtype is None and device is None and device_map is None:
+        if not meta and dtype is None and device is None and device_map is None and quantize is None:
             self.load_state_dict({k: as_tensor(v) for k, v in state.items()}, strict=False)
         else:
-            self._materialize(state, dtype, device, device_map, max_memory, tied, offload_folder)
+            self._materialize(state, dtype, device, device_map, max_memory, tied, offload_folder, quantize)
         if tied:
             self.language_model.tie_weights()
 
@@ -173,12 +174,15 @@ class OneVisionModel(nn.Module):
             state.pop(_LM_HEAD, None)  # the head is the embedding matrix: read it once
         return state
 
-    def _materialize(self, state, dtype, device, device_map, max_memory, tied, offload_folder=None) -> None:
+    def _materialize(
+        self, state, dtype, device, device_map, max_memory, tied, offload_folder=None, quantize=None
+    ) -> None:
         placement = (
             resolve_device_map(self, device_map, max_memory, dtype) if device_map is not None else None
         )
         run_on = execution_device(placement) if placement is not None else None
         disk = DiskOffload(offload_folder)
+        streaming = quantize.start(self, dtype) if quantize is not None else None
 
         def where(name: str) -> Any:
             if placement is None:
@@ -195,6 +199,8 @@ class OneVisionModel(nn.Module):
                 _assign(self, key, torch.empty(tuple(value.shape), dtype=meta_dtype, device="meta"))
             else:
                 _assign(self, key, as_tensor(value, run_on if str(target) == DISK else target, dtype))
+                if streaming is not None:
+                    streaming.assigned(key)  # a layer whose tensors are all read is quantized at once
         for name, buffer in list(self.named_buffers()):
             target = where(name)
             target = run_on if str(target) == DISK else target
@@ -207,6 +213,8 @@ class OneVisionModel(nn.Module):
             for n, t in [*self.named_parameters(), *self.named_buffers()]
             if t.is_meta and n not in disk.index and not (tied and n == _LM_HEAD and _EMBED in disk.index)
         ]
+        if streaming is not None:
+            streaming.finish()
         if left and not (device is not None and torch.device(device).type == "meta"):  # meta: structure only
             raise CheckpointError(f"weights not in the checkpoint stayed unset: {left[:8]}")
         if placement is not None and (disk.index or len({str(d) for d in placement.values()}) > 1):

@@ -70,37 +70,104 @@ class QuantizationReport:
     kept: int = 0  # linear layers left unquantized by the block rule
 
 
+def _components(method: str, skip: Iterable[str]) -> tuple[str, ...]:
+    """The components ``method`` quantizes when ``skip`` is left out (:class:`ConfigError` for bad values)."""
+    if method not in QUANTIZERS:
+        raise ConfigError(f"quantization={method!r}: expected one of {sorted(QUANTIZERS)}")
+    skipped = set(skip)
+    unknown = sorted(skipped - set(QUANTIZABLE) - {"newline"})
+    if unknown:
+        raise ConfigError(
+            f"quantization_skip: unknown component(s) {unknown}; expected some of {list(QUANTIZABLE)}"
+        )
+    return tuple(c for c in QUANTIZABLE if c not in skipped)
+
+
+def _targets(model: nn.Module, method: str, components: Iterable[str]) -> tuple[list[str], int]:
+    """Full names of the linear layers to quantize, and how many the block rule keeps."""
+    names, kept = [], 0
+    for component in components:
+        for _, full in _linear_layers(model, component):
+            if model.get_submodule(full).in_features % BLOCK[method]:
+                kept += 1
+            else:
+                names.append(full)
+    return names, kept
+
+
+def _replace(model: nn.Module, full: str, method: str, dtype: torch.dtype) -> None:
+    owner, _, leaf = full.rpartition(".")
+    parent = model.get_submodule(owner)
+    setattr(parent, leaf, QUANTIZERS[method](getattr(parent, leaf), dtype))
+
+
 def quantize_model(
     model: nn.Module, method: str, *, skip: Iterable[str] = (), compute_dtype: torch.dtype | None = None
 ) -> QuantizationReport:
     """Replace the linear layers of every component except ``skip`` with ``method``'s quantized layers (in
     place), and record the report as ``model.quantization``. The originals are freed as they are replaced."""
-    if method not in QUANTIZERS:
-        raise ConfigError(f"quantization={method!r}: expected one of {sorted(QUANTIZERS)}")
-    skip = set(skip)
-    unknown = sorted(skip - set(QUANTIZABLE) - {"newline"})
-    if unknown:
-        raise ConfigError(
-            f"quantization_skip: unknown component(s) {unknown}; expected some of {list(QUANTIZABLE)}"
-        )
+    components = _components(method, skip)
     if getattr(model, "quantization", None) is not None:
         raise ConfigError("the model is already quantized")
     dtype = compute_dtype or getattr(model, "dtype", torch.float32)
-    components = tuple(c for c in QUANTIZABLE if c not in skip)
-    count = kept = 0
-    for component in components:
-        for _, full in _linear_layers(model, component):
-            owner, _, leaf = full.rpartition(".")
-            parent = model.get_submodule(owner)
-            layer = getattr(parent, leaf)
-            if layer.in_features % BLOCK[method]:
-                kept += 1
-                continue
-            setattr(parent, leaf, QUANTIZERS[method](layer, dtype))
-            count += 1
-    report = QuantizationReport(method, components, count, kept)
+    names, kept = _targets(model, method, components)
+    for full in names:
+        _replace(model, full, method, dtype)
+    report = QuantizationReport(method, components, len(names), kept)
     model.quantization = report
     return report
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """Quantize while loading (the loaders' ``quantize`` option): each linear layer of the components but
+    ``skip`` is quantized as soon as its weight (and bias) are read from the checkpoint, so the load never holds
+    the model in full precision: about the quantized model plus one layer."""
+
+    method: str
+    skip: tuple[str, ...] = ("vision",)
+
+    def __post_init__(self) -> None:
+        _components(self.method, self.skip)  # bad values fail before anything is read
+
+    def start(self, model: nn.Module, dtype: torch.dtype | None) -> StreamingQuantizer:
+        """The quantizer for one load of ``model`` (built on meta) in compute dtype ``dtype``."""
+        return StreamingQuantizer(model, self, dtype or torch.float32)
+
+
+class StreamingQuantizer:
+    """Tracks which tensors of each target layer are read; replaces a layer the moment all of them are."""
+
+    def __init__(self, model: nn.Module, plan: QuantizePlan, dtype: torch.dtype):
+        self.model, self.plan, self.dtype = model, plan, dtype
+        self.components = _components(plan.method, plan.skip)
+        names, self.kept = _targets(model, plan.method, self.components)
+        self.pending: dict[str, set[str]] = {}
+        self.owner: dict[str, str] = {}
+        for full in names:
+            layer = model.get_submodule(full)
+            keys = {f"{full}.weight"} | ({f"{full}.bias"} if layer.bias is not None else set())
+            self.pending[full] = keys
+            self.owner.update(dict.fromkeys(keys, full))
+        self.count = 0
+
+    def assigned(self, key: str) -> None:
+        """``key`` now holds its checkpoint tensor."""
+        full = self.owner.pop(key, None)
+        if full is None:
+            return
+        self.pending[full].discard(key)
+        if not self.pending[full]:
+            del self.pending[full]
+            _replace(self.model, full, self.plan.method, self.dtype)
+            self.count += 1
+
+    def finish(self) -> QuantizationReport:
+        """Record the report as ``model.quantization`` (layers whose tensors were never read stay as they are,
+        and the load reports them as unset)."""
+        report = QuantizationReport(self.plan.method, self.components, self.count, self.kept)
+        self.model.quantization = report
+        return report
 
 
 def quantized_components(model: Any) -> tuple[str, ...]:

@@ -37,9 +37,9 @@ def load_checkpoint(
 ) -> Bundle:
     """Load a local directory or hub id of any supported format (``format="auto"``: detected from config.json).
 
-    ``quantization`` (``nf4`` / ``int8``) quantizes the loaded model's components except ``quantization_skip``
-    (:func:`onevision.quantization.quantize_model`; an adapter's base is quantized before its LoRA layers are
-    added). Options that the format's loader does not take raise :class:`ConfigError` listing the accepted ones.
+    ``quantization`` (``nf4`` / ``int8``) quantizes the components except ``quantization_skip`` layer by layer
+    as the weights are read (:class:`onevision.quantization.QuantizePlan`: the full-precision model never exists;
+    an adapter's base is quantized after loading, before its LoRA layers are added). Options that the format's loader does not take raise :class:`ConfigError` listing the accepted ones.
     """
     directory = resolve_path(path_or_hub_id)
     fmt = detect_format(directory) if format == "auto" else format
@@ -48,11 +48,11 @@ def load_checkpoint(
     if quantization is not None and fmt == "adapter":
         kwargs.update(quantization=quantization, quantization_skip=quantization_skip)
     elif quantization is not None:
-        from onevision.quantization import quantize_model
+        from onevision.quantization import QuantizePlan
 
-        bundle = load_checkpoint(directory, format=fmt, **kwargs)
-        quantize_model(bundle.model, quantization, skip=quantization_skip)
-        return bundle
+        if str(kwargs.get("device")) == "meta":
+            raise ConfigError("quantization needs the weights: it cannot be combined with device='meta'")
+        kwargs["quantize"] = QuantizePlan(quantization, tuple(quantization_skip))  # layer by layer as read
     accepted = set(inspect.signature(LOADERS[fmt]).parameters) - {"directory"}
     extra = sorted(set(kwargs) - accepted)
     if extra:

@@ -175,6 +175,7 @@ def import_hf(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
     attn_implementation: str | None = None,
+    quantize: Any = None,
 ) -> Bundle:
     """Load an HF ``llava_onevision`` checkpoint (any of the three key layouts)."""
     d = Path(directory)
@@ -192,6 +193,7 @@ def import_hf(
         max_memory=max_memory,
         offload_folder=offload_folder,
         attn_implementation=attn_implementation,
+        quantize=quantize,
     )
     for kind, want, got in (
         ("image", config.image_token_id, bundle.processor.image_token_id),

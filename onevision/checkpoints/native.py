@@ -65,6 +65,7 @@ def load_native(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
     attn_implementation: str | None = None,
+    quantize: Any = None,
 ) -> Bundle:
     """Load a native checkpoint (offline: components are rebuilt from the stored config); the placement options
     are :func:`~onevision.bundle.restore_bundle`'s."""
@@ -81,6 +82,7 @@ def load_native(
         max_memory=max_memory,
         offload_folder=offload_folder,
         attn_implementation=attn_implementation,
+        quantize=quantize,
     )
     if config.image_token_id is not None and bundle.processor.image_token_id != config.image_token_id:
         raise CheckpointError(

@@ -196,6 +196,7 @@ def import_original(
     max_memory: dict[Any, Any] | None = None,
     offload_folder: str | None = None,
     attn_implementation: str | None = None,
+    quantize: Any = None,
 ) -> Bundle:
     """Load an original LLaVA-NeXT / LLaVA-OneVision checkpoint (``LlavaQwenForCausalLM`` etc.).
 
@@ -232,6 +233,7 @@ def import_original(
         max_memory=max_memory,
         offload_folder=offload_folder,
         attn_implementation=attn_implementation,
+        quantize=quantize,
     )
 
 

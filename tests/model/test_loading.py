@@ -274,27 +274,35 @@ def test_attn_implementation(hf_dir):
     assert (_logits(pipe.model, inputs) - _logits(sdpa.model, inputs)).abs().max() <= 1e-4
 
 
-def _measure(script: str, *args: str) -> dict:
-    """Run ``script`` in a fresh interpreter (repository on the path, one thread, offline); its last stdout line
-    is a JSON record."""
+def _measure(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``script`` in a fresh interpreter (repository on the path, one thread, offline, plus ``env``); its
+    last stdout line is a JSON record."""
     out = subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=True,
         cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+            **(env or {}),
+        },
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _write_big_hf_checkpoint(directory, tokenizer, *, tied: bool = True) -> int:
-    """A ~280 MB random bf16 HF checkpoint (wide LLM, large vocabulary); returns its weight bytes."""
+def _write_big_hf_checkpoint(directory, tokenizer, *, tied: bool = True, vocab_size: int = 65536) -> int:
+    """A ~280 MB random bf16 HF checkpoint (wide LLM; large vocabulary, or more layers with a small one); returns
+    its weight bytes."""
     from onevision.testing import TINY, random_hf_checkpoint
 
-    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=8, llm_heads=8)
+    layers = 8 if vocab_size >= 65536 else 14
+    spec = TINY.replace(vision_width=256, vision_heads=4, llm_width=1024, llm_layers=layers, llm_heads=8)
     config = spec.replace(tie_word_embeddings=tied).hf_config(
-        vocab_size=65536,
+        vocab_size=vocab_size,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
     )

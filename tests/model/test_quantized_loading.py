@@ -83,3 +83,54 @@ def test_serve_takes_quantization():
     assert args.quantization == "nf4"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--model", "m=/some/dir", "--quantization", "int4"])
+
+
+@pytest.mark.parametrize("method", ["int8", "nf4"])
+def test_streamed_quantization_equals_quantizing_after_the_load(checkpoint, image, method):
+    """Quantizing each layer as its weights are read gives exactly the model quantized after a full load."""
+    from onevision.quantization import quantize_model
+
+    streamed = onevision.load(str(checkpoint), quantization=method)
+    after = onevision.load(str(checkpoint))
+    quantize_model(after.model, method, skip=("vision",))
+    after.model.eval()  # the new layers are built in training mode (int8 keeps other state when training)
+    assert not any(m.training for m in streamed.model.modules())
+    assert streamed.model.quantization == after.model.quantization
+    assert torch.equal(_logits(streamed, image), _logits(after, image))
+
+
+_QUANT_PEAK = """
+import json, sys
+import torch, onevision, transformers, bitsandbytes
+from transformers import Qwen2ForCausalLM, SiglipVisionModel  # imports before measuring
+from onevision.testing import peak_rss_reset, peak_rss
+from onevision.quantization import model_bytes, quantize_model
+before = peak_rss_reset()
+if sys.argv[2] == "streamed":
+    pipe = onevision.load(sys.argv[1], quantization="nf4", dtype=torch.float32)
+else:  # what the load did before: the whole model in the compute dtype, then quantized
+    pipe = onevision.load(sys.argv[1], dtype=torch.float32)
+    quantize_model(pipe.model, "nf4", skip=("vision",))
+print(json.dumps({"growth": peak_rss() - before, "resident": model_bytes(pipe.model)}))
+"""
+
+
+def test_a_quantized_load_never_holds_the_full_precision_model(tmp_path, tokenizer):
+    """A ~265 MB bf16 checkpoint, mostly LLM linear layers, loaded as nf4 with fp32 compute in fresh processes:
+    quantizing layer by layer as the weights are read peaks far below loading the fp32 model (~530 MB) first.
+    glibc's malloc is told to return freed blocks (a fixed mmap threshold), so the peak measures what is held,
+    not the allocator's retained free lists."""
+    from tests.model.test_loading import _measure, _write_big_hf_checkpoint
+
+    size = _write_big_hf_checkpoint(tmp_path, tokenizer, vocab_size=4096)
+    assert size > 250e6
+    malloc = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    streamed = _measure(_QUANT_PEAK, str(tmp_path), "streamed", env=malloc)
+    after = _measure(_QUANT_PEAK, str(tmp_path), "after", env=malloc)
+    print(f"nf4 load (fp32 compute) of a {size / 1e6:.0f} MB bf16 checkpoint: peak RSS growth "
+          f"{streamed['growth'] / 1e6:.0f} MB streamed vs {after['growth'] / 1e6:.0f} MB loading first; resident "
+          f"{streamed['resident'] / 1e6:.0f} MB")  # fmt: skip
+    assert streamed["resident"] == after["resident"] < 0.4 * size
+    # the file's pages as they are read, the quantized model, one layer in fp32, slack
+    assert streamed["growth"] <= size + streamed["resident"] + 0.1 * size + 64e6, (streamed, size)
+    assert streamed["growth"] < 0.7 * after["growth"], (streamed, after)
