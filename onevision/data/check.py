@@ -126,17 +126,7 @@ def stats_report(recipe: Recipe, encoder: Any) -> str:
         f"visual tokens: {visual:,} of {stats.tokens:,} ({100 * visual / max(1, stats.tokens):.1f}%)"
     )
     if planned:
-        sampler = GroupedBatchSampler(
-            dataset.lengths,
-            dataset.modalities,
-            micro_batch_size=recipe.train.micro_batch_size,
-            world_size=recipe.engine.num_processes,
-            grad_accum=recipe.train.grad_accum,
-            seed=recipe.seed,
-            group_by=recipe.data.group_by,
-            lookahead=recipe.data.lookahead,
-            drop_last=recipe.data.drop_last,
-        )
+        sampler = GroupedBatchSampler.from_recipe(recipe, dataset.lengths, dataset.modalities)
         steps = sampler.steps_per_epoch()
         lines.append(
             f"per epoch: {steps:,} optimizer steps of {sampler.global_batch_size} samples; planned padding "

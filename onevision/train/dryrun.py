@@ -104,18 +104,8 @@ def dry_run_report(recipe: Recipe, *, build: bool = True) -> tuple[str, RecipeEr
     planned = dataset.planned
     out += ["", f"data: {stats.summary()}"]
     if planned:
-        lengths = [p.length for p in planned]
-        sampler = GroupedBatchSampler(
-            lengths,
-            [p.sample.modality for p in planned],
-            micro_batch_size=recipe.train.micro_batch_size,
-            world_size=recipe.engine.num_processes,
-            grad_accum=recipe.train.grad_accum,
-            seed=recipe.seed,
-            group_by=recipe.data.group_by,
-            lookahead=recipe.data.lookahead,
-            drop_last=recipe.data.drop_last,
-        )
+        lengths = dataset.lengths
+        sampler = GroupedBatchSampler.from_recipe(recipe, lengths, dataset.modalities)
         steps = recipe.train.max_steps or sampler.steps_per_epoch() * recipe.train.epochs
         out.append(
             f"  sample length min {min(lengths):,} / median {int(statistics.median(lengths)):,} / max "

@@ -180,17 +180,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     encoder = build_encoder(recipe, model)
     collate = Collator(enable_packing(recipe, model, encoder))
     dataset, stats = _prepare_data(recipe, encoder, is_main)
-    sampler = GroupedBatchSampler(
-        dataset.lengths,
-        dataset.modalities,
-        micro_batch_size=recipe.train.micro_batch_size,
-        world_size=world,
-        rank=rank,
-        grad_accum=recipe.train.grad_accum,
-        seed=recipe.seed,
-        group_by=recipe.data.group_by,
-        lookahead=recipe.data.lookahead,
-        drop_last=recipe.data.drop_last,
+    sampler = GroupedBatchSampler.from_recipe(
+        recipe, dataset.lengths, dataset.modalities, world_size=world, rank=rank
     )
     per_epoch = sampler.steps_per_epoch()
     if per_epoch == 0:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,6 +48,31 @@ class GroupedBatchSampler:
         micro_batch_size, world_size, rank, grad_accum: batch geometry, explicit.
         seed: the recipe seed; the plan for epoch ``e`` is a pure function of ``(seed, e)`` and the inputs.
     """
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Any,
+        lengths: Sequence[int],
+        groups: Sequence[str] | None,
+        *,
+        world_size: int | None = None,
+        rank: int = 0,
+    ) -> GroupedBatchSampler:
+        """The sampler a :class:`~onevision.train.recipe.Recipe` trains with (``world_size`` defaults to its
+        ``engine.num_processes``): the one rule for the trainer, ``--dry-run`` and ``onevision data stats``."""
+        return cls(
+            lengths,
+            groups,
+            micro_batch_size=recipe.train.micro_batch_size,
+            world_size=recipe.engine.num_processes if world_size is None else world_size,
+            rank=rank,
+            grad_accum=recipe.train.grad_accum,
+            seed=recipe.seed,
+            group_by=recipe.data.group_by,
+            lookahead=recipe.data.lookahead,
+            drop_last=recipe.data.drop_last,
+        )
 
     def __init__(
         self,
