@@ -1,15 +1,19 @@
 """Per-sample causal attention for packed rows on PyTorch SDPA: each sample's span attends only to itself,
 computed span by span, so a row of several samples costs what the samples cost alone.
 
-Registered in transformers' ``AttentionInterface`` as :data:`PACKED_SDPA` (with SDPA's mask function). Given
-``packed_spans`` (per row, the ``(start, end)`` of every sample and of the trailing padding run, covering the row),
-it runs ``scaled_dot_product_attention(is_causal=True)`` on each span; without them it is transformers' SDPA. On
+Registered in transformers' ``AttentionInterface`` as :data:`PACKED_SDPA`. Given ``packed_spans`` (per row, the
+``(start, end)`` of every sample and of the trailing padding run, covering the row), it runs
+``scaled_dot_product_attention(is_causal=True)`` on each span. Without a 2D attention mask the spans are the mask,
+so its mask function builds none (transformers would otherwise build a ``[rows, 1, width, width]`` block-diagonal
+mask from the restarting positions for every forward, which nothing reads); without ``packed_spans`` the spans come
+from restarting ``position_ids``, and with a 2D mask (padded, unpacked batches) it is transformers' SDPA. On
 flash-attention models nothing is needed: transformers already runs varlen kernels from the restarting position ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 #: the attention implementation name packed training switches an SDPA or eager LLM to
@@ -33,6 +37,8 @@ def packed_sdpa_forward(
     ``([B, L, H, D], None)``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if packed_spans is None and attention_mask is None and key.shape[2] == query.shape[2]:
+        packed_spans = spans_from_positions(kwargs.get("position_ids"), query.shape[0], query.shape[2])
     if packed_spans is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -60,13 +66,42 @@ def packed_sdpa_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
+def packed_sdpa_mask(*, attention_mask: Any = None, **kwargs: Any) -> Any:
+    """:data:`PACKED_SDPA`'s mask function: no mask without a 2D attention mask (causal spans are the mask), else
+    transformers' SDPA mask."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if attention_mask is None else sdpa_mask(attention_mask=attention_mask, **kwargs)
+
+
+def spans_from_positions(
+    position_ids: Any, rows: int, length: int
+) -> tuple[tuple[tuple[int, int], ...], ...] | None:
+    """``packed_spans`` of ``rows`` whose ``position_ids`` (``[rows or 1, length]``) restart: a new span wherever a
+    position is not the previous one + 1. ``None`` when no row restarts or positions are not given (an unpacked
+    batch: causal over the row)."""
+    if position_ids is None or position_ids.shape[-1] != length or length < 2:
+        return None
+    import torch
+
+    position_ids = position_ids.reshape(-1, length).expand(rows, length)
+    starts = torch.diff(position_ids, dim=-1) != 1
+    if not bool(starts.any()):
+        return None
+    out = []
+    for row in starts:
+        cuts = [0, *(int(c) + 1 for c in row.nonzero().flatten()), length]
+        out.append(tuple(pairwise(cuts)))
+    return tuple(out)
+
+
 def register_packed_attention() -> None:
     """Register :data:`PACKED_SDPA` with transformers (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, packed_sdpa_mask)
 
 
 def use_packed_attention(language_model: Any) -> bool:

@@ -69,12 +69,21 @@ def _grads(model):
 
 @pytest.mark.parametrize(
     "attention, loss_kind",
-    [("sdpa", "hf"), ("sdpa", "chunked"), (PACKED_SDPA, "hf"), (PACKED_SDPA, "chunked")],
+    [
+        ("sdpa", "hf"),
+        ("sdpa", "chunked"),
+        (PACKED_SDPA, "hf"),
+        (PACKED_SDPA, "chunked"),
+        ("positions", "hf"),
+    ],
 )
 def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
-    """sdpa: transformers' block-diagonal mask from the restarting positions; PACKED_SDPA: span-by-span SDPA."""
+    """sdpa: transformers' block-diagonal mask from the restarting positions; PACKED_SDPA: span-by-span SDPA from
+    the batch's spans; positions: PACKED_SDPA without spans, which finds them from the restarting positions."""
     model, encoder, items = setup
-    if attention == PACKED_SDPA:
+    spans = attention != "positions"
+    if attention != "sdpa":
+        attention = PACKED_SDPA
         register_packed_attention()
     lengths = [len(x["input_ids"]) for x in items]
     budget = max(lengths) + min(lengths)  # several rows, some holding two samples, some padding
@@ -95,6 +104,8 @@ def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
             alone_grad[k] = alone_grad.get(k, 0) + g
     # packed: per-sample losses from the logits, then the loss the trainer uses and its gradients
     batch = pack(items, encoder.collate, budget, encoder.processor.pad_token_id)
+    if not spans:
+        del batch["packed_spans"]
     model.language_model.set_attn_implementation(attention)
     assert batch["packed"] and batch["input_ids"].shape[0] == len(rows)
     assert int(batch["attention_mask"].sum()) == sum(lengths)
@@ -126,6 +137,34 @@ def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
     model.loss = LossConfig()
     model.language_model.set_attn_implementation("sdpa")
     model.zero_grad(set_to_none=True)
+
+
+def test_packed_attention_builds_no_mask_for_packed_rows():
+    """transformers builds a [rows, 1, width, width] mask from restarting positions for SDPA; the span-by-span
+    attention needs none. With a 2D padding mask (an unpacked batch) it builds SDPA's mask."""
+    from transformers import Qwen2Config
+    from transformers.masking_utils import create_causal_mask
+
+    register_packed_attention()
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]])
+    embeds = torch.zeros(1, 8, 4)
+
+    def mask(implementation, attention_mask=None):
+        config = Qwen2Config(hidden_size=4, num_attention_heads=1, num_key_value_heads=1, num_hidden_layers=1)
+        config._attn_implementation = implementation
+        return create_causal_mask(
+            config=config,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=positions,
+        )
+
+    assert mask("sdpa").shape == (1, 1, 8, 8)
+    assert mask(PACKED_SDPA) is None
+    padded = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0]])
+    assert mask("sdpa", padded).shape == (1, 1, 8, 8)
+    torch.testing.assert_close(mask(PACKED_SDPA, padded), mask("sdpa", padded))
 
 
 def _losses(out):
