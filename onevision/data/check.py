@@ -127,9 +127,9 @@ def stats_report(recipe: Recipe, encoder: Any) -> str:
     )
     if planned:
         sampler = GroupedBatchSampler.from_recipe(recipe, dataset.lengths, dataset.modalities)
-        steps = sampler.steps_per_epoch()
+        steps = sampler.steps_per_epoch(0)
         lines.append(
-            f"per epoch: {steps:,} optimizer steps of {sampler.global_batch_size} samples; planned padding "
+            f"per epoch: {steps:,} optimizer steps, {sampler.describe()}; planned padding "
             f"{100 * sampler.padding_fraction(0):.1f}%; {recipe.train.epochs} epoch(s)"
         )
     lines += _drops(stats)

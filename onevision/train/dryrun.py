@@ -22,11 +22,16 @@ def token_budget(recipe: Recipe) -> str:
 
     lines = ["token budget:"]
     t = recipe.train
-    lines.append(
-        f"  model_max_length {recipe.data.model_max_length:,} tokens per sample; micro-batch "
-        f"{t.micro_batch_size} x grad_accum {t.grad_accum} x {recipe.engine.num_processes} process(es) = "
-        f"global batch {recipe.global_batch_size} samples (<= {recipe.global_batch_size * recipe.data.model_max_length:,} tokens)"
-    )
+    geometry = f"grad_accum {t.grad_accum} x {recipe.engine.num_processes} process(es)"
+    if t.micro_batch_tokens is None:
+        batch = recipe.global_batch_size
+        geometry = (
+            f"micro-batch {t.micro_batch_size} x {geometry} = global batch {batch} samples "
+            f"(<= {batch * recipe.data.model_max_length:,} tokens)"
+        )
+    else:
+        geometry = f"micro-batches of <= {t.micro_batch_tokens:,} tokens x {geometry}"
+    lines.append(f"  model_max_length {recipe.data.model_max_length:,} tokens per sample; {geometry}")
     lines.append(
         f"  modalities: {', '.join(recipe.data.modalities)}; over-length samples: {recipe.data.over_length}"
     )
@@ -106,10 +111,10 @@ def dry_run_report(recipe: Recipe, *, build: bool = True) -> tuple[str, RecipeEr
     if planned:
         lengths = dataset.lengths
         sampler = GroupedBatchSampler.from_recipe(recipe, lengths, dataset.modalities)
-        steps = recipe.train.max_steps or sampler.steps_per_epoch() * recipe.train.epochs
+        steps = recipe.train.max_steps or sampler.total_steps(recipe.train.epochs)
         out.append(
             f"  sample length min {min(lengths):,} / median {int(statistics.median(lengths)):,} / max "
-            f"{max(lengths):,}; {sampler.steps_per_epoch()} steps per epoch, {steps} optimizer steps; "
+            f"{max(lengths):,}; {sampler.steps_per_epoch(0)} steps per epoch, {steps} optimizer steps; "
             f"planned padding {100 * sampler.padding_fraction(0):.1f}%"
         )
     return "\n".join(out), None

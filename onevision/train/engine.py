@@ -183,15 +183,14 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     sampler = GroupedBatchSampler.from_recipe(
         recipe, dataset.lengths, dataset.modalities, world_size=world, rank=rank
     )
-    per_epoch = sampler.steps_per_epoch()
-    if per_epoch == 0:
+    if sampler.steps_per_epoch(0) == 0:
         raise RecipeError(
             recipe.source,
             "train",
-            f"{len(dataset)} samples make no full global batch of "
-            f"{sampler.global_batch_size} (micro_batch_size x grad_accum x processes)",
+            f"{len(dataset)} samples make no full {sampler.describe()} "
+            "(micro_batch_size or micro_batch_tokens x grad_accum x processes)",
         )
-    total = recipe.train.max_steps or per_epoch * recipe.train.epochs
+    total = recipe.train.max_steps or sampler.total_steps(recipe.train.epochs)
 
     if recipe.train.gradient_checkpointing:
         enable_gradient_checkpointing(recipe, model)
@@ -214,8 +213,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
         print(format_table(rows), flush=True)
         print(f"[onevision] data: {stats.summary()}", flush=True)
         print(
-            f"[onevision] {total} optimizer steps ({per_epoch}/epoch), global batch {sampler.global_batch_size}, "
-            f"planned padding {100 * sampler.padding_fraction(0):.1f}%",
+            f"[onevision] {total} optimizer steps ({sampler.steps_per_epoch(0)} per epoch), "
+            f"{sampler.describe()}, planned padding {100 * sampler.padding_fraction(0):.1f}%",
             flush=True,
         )
     model, optimizer = acc.prepare(model, optimizer)
@@ -266,7 +265,8 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     bad_run = 0
     t_last = time.perf_counter()
     while step < stop_at:
-        epoch, in_epoch = divmod(step, per_epoch)
+        epoch, in_epoch = sampler.locate(step)
+        per_epoch = sampler.steps_per_epoch(epoch)
         sampler.set_position(epoch, in_epoch)
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -379,7 +379,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
                 )
             skipped = {"load": load_skipped, "steps": bad_steps}
             if step % recipe.checkpoint.every_steps == 0 and step < total and not bad:
-                _save_checkpoint(ckpt, acc, scheduler, sampler, recipe, step, per_epoch, rank, skipped)
+                _save_checkpoint(ckpt, acc, scheduler, sampler, recipe, step, rank, skipped)
         del it, loader
     progress.close()
     totals_skipped = _skip_totals(stats, load_skipped, bad_steps)
@@ -493,7 +493,6 @@ def _save_checkpoint(
     sampler: GroupedBatchSampler,
     recipe: Recipe,
     step: int,
-    per_epoch: int,
     rank: int,
     skipped: dict[str, int],
 ) -> Path:
@@ -503,7 +502,7 @@ def _save_checkpoint(
             save_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
         save_rng(tmp, rank)
 
-    epoch, in_epoch = divmod(step, per_epoch)
+    epoch, in_epoch = sampler.locate(step)
     manifest = {
         "sampler": {**sampler.state_dict(), "epoch": epoch, "step": in_epoch},
         "recipe_hash": recipe.hash(),

@@ -127,6 +127,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # optimizer steps; None = epochs over the data
     micro_batch_size: int = 1  # per process
+    micro_batch_tokens: int | None = None  # per-process token budget instead of micro_batch_size
     grad_accum: int = 1
     precision: Literal["bf16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
@@ -570,6 +571,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "train.epochs": _COUNT,
     "train.max_steps": Range(1, integer=True, note="or null for whole epochs"),
     "train.micro_batch_size": _COUNT,
+    "train.micro_batch_tokens": Range(1, integer=True, note="or null to batch by micro_batch_size"),
     "train.grad_accum": _COUNT,
     "train.max_bad_steps": _COUNT,
     "train.max_tokens_per_row": Range(1, integer=True, note="or null for one row per micro-batch"),

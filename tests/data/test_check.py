@@ -60,7 +60,7 @@ def test_data_stats_gives_the_token_budget_per_source(mixture, capsys):
         f"| {root / 'single.jsonl'} | image | 15 |" in out
         and f"| {root / 'video.jsonl'} | video | 4 |" in out
     )
-    assert "per epoch: 7 optimizer steps of 4 samples" in out and "dropped: none" in out
+    assert "per epoch: 7 optimizer steps, global batch 4 samples" in out and "dropped: none" in out
 
 
 def test_the_data_tools_build_no_weights_and_measure_as_training_does(mixture, encoder, tmp_path):

@@ -99,7 +99,7 @@ def training_state(tmp_path):
     sched.step()
     sampler = GroupedBatchSampler([5] * 8, ["text"] * 8, micro_batch_size=2, world_size=1, rank=0, seed=0)
     ckpts = CheckpointManager(tmp_path / "ckpts")
-    path = _save_checkpoint(ckpts, acc, sched, sampler, Recipe(), 1, 4, 0, {"load": 0, "steps": 0})
+    path = _save_checkpoint(ckpts, acc, sched, sampler, Recipe(), 1, 0, {"load": 0, "steps": 0})
     return acc, model, opt, sched, sampler, path
 
 

@@ -16,6 +16,7 @@ from onevision.train.data import TrainDataset, load_samples, plan_samples
 from onevision.train.engine import train
 from onevision.train.packing import first_fit_rows, pack
 from onevision.train.recipe import load_recipe
+from onevision.train.sampler import GroupedBatchSampler
 
 from .conftest import data_overrides
 
@@ -188,5 +189,41 @@ def test_packed_training_logs_the_unpacked_losses_and_resumes_exactly(tiny_data,
     out = f"output_dir={tmp_path / 'stopped'}"
     train(_recipe(tiny_data, tmp_path, *packed_args, out), stop_after=2)
     resumed = train(_recipe(tiny_data, tmp_path, *packed_args, out))
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-00000002"
+    assert _losses(tmp_path / "stopped") == pytest.approx(full.losses, abs=1e-6)
+
+
+def test_token_budget_micro_batches_train_as_planned_and_resume_exactly(tiny_data, tmp_path):
+    """``train.micro_batch_tokens``: the trainer runs the sampler's token-budget plan (each step's logged tokens
+    are its planned micro-batches' tokens), and a stopped run resumes to the same losses."""
+    import statistics
+
+    probe = _recipe(tiny_data, tmp_path / "probe")
+    encoder = build_encoder(probe, build_model(probe))
+    samples, _ = load_samples(probe)
+    planned, _ = plan_samples(samples, probe, encoder, log=False)
+    lengths = [p.length for p in planned]
+    budget = int(2 * statistics.median(lengths))
+    args = (
+        "train.max_steps=4",
+        "checkpoint.every_steps=2",
+        f"train.micro_batch_tokens={budget}",
+        "train.grad_accum=2",
+        "train.packing=true",
+        "train.loss=chunked",
+    )
+    recipe = _recipe(tiny_data, tmp_path, *args, f"output_dir={tmp_path / 'full'}")
+    dataset = TrainDataset(planned, recipe, encoder)
+    sampler = GroupedBatchSampler.from_recipe(recipe, dataset.lengths, dataset.modalities)
+    plan = sampler.plan(0)
+    micro = [mb for step in plan for mb in step]
+    assert any(len(mb) > 2 for mb in micro) and any(len(mb) == 1 for mb in micro)
+    assert all(sum(lengths[i] for i in mb) <= budget or len(mb) == 1 for mb in micro)
+    full = train(recipe)
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in records] == [sum(lengths[i] for mb in step for i in mb) for step in plan[:4]]
+    out = f"output_dir={tmp_path / 'stopped'}"
+    train(_recipe(tiny_data, tmp_path, *args, out), stop_after=2)
+    resumed = train(_recipe(tiny_data, tmp_path, *args, out))
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-00000002"
     assert _losses(tmp_path / "stopped") == pytest.approx(full.losses, abs=1e-6)

@@ -125,3 +125,92 @@ def test_properties_partition_and_sizes(n, world, accum, mbs, group_by, seed):
     assert all(len(p) == samplers[0].steps_per_epoch() * accum for p in per_rank)
     flat = [i for p in per_rank for mb in p for i in mb]
     assert len(flat) == len(set(flat)) and all(len(mb) == mbs for p in per_rank for mb in p)
+
+
+def _cost(lengths, mb, packed):
+    sizes = [lengths[i] for i in mb]
+    return sum(sizes) if packed else max(sizes) * len(sizes)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_token_budget_cuts_micro_batches_by_tokens(packed):
+    """Every micro-batch stays within the budget (a longer sample alone), short samples share a micro-batch, and
+    each step holds ``world x accum`` micro-batches of one modality (the pooled leftovers last)."""
+    lengths, mods = _data(400)
+    budget = 4000
+    samplers = _ranks(lengths, mods, world=2, accum=2, max_tokens=budget, packed=packed)
+    plan = samplers[0].plan(0)
+    assert all(s.plan(0) == plan for s in samplers)
+    assert all(len(step) == 4 for step in plan)
+    mbs = [mb for step in plan for mb in step]
+    assert all(_cost(lengths, mb, packed) <= budget or len(mb) == 1 for mb in mbs)
+    text = [len(mb) for mb in mbs if {mods[i] for i in mb} == {"text"}]
+    video = [len(mb) for mb in mbs if {mods[i] for i in mb} == {"video"}]
+    assert np.mean(text) > 3 * np.mean(video)  # short samples: many per micro-batch
+    pure = [len({mods[i] for mb in step for i in mb}) == 1 for step in plan]
+    assert pure == sorted(pure, reverse=True) and sum(pure) > 0.8 * len(
+        plan
+    )  # mixed leftovers only at the end
+    # a partition: no sample twice, and drop_last drops less than one step's worth of micro-batches
+    seen = [i for s in samplers for mb in s for i in mb]
+    assert len(seen) == len(set(seen))
+    dropped = sorted(set(range(len(lengths))) - set(seen))
+    assert sum(lengths[i] for i in dropped) < 4 * budget + max(lengths)
+
+
+def test_a_token_budget_plan_varies_by_epoch_and_resumes_exactly():
+    lengths, mods = _data(300)
+    kw = dict(max_tokens=3000, micro_batch_size=1, world_size=2, rank=1, grad_accum=1, seed=3)
+    s = GroupedBatchSampler(lengths, mods, **kw)
+    counts = [s.steps_per_epoch(e) for e in range(4)]
+    assert s.total_steps(4) == sum(counts) and len({tuple(s.plan(e)[0][0]) for e in range(4)}) > 1
+    # run step k of the whole run (3 epochs) is found by locate; a fresh sampler resumes from the state there
+    k = counts[0] + 3
+    assert s.locate(k) == (1, 3) and s.locate(counts[0] - 1) == (0, counts[0] - 1)
+    s.set_position(*s.locate(0))
+    whole_epoch1 = list(s.rank_batches(1))
+    s.set_position(*s.locate(k))
+    fresh = GroupedBatchSampler(lengths, mods, **kw)
+    fresh.load_state_dict(s.state_dict())
+    assert list(fresh) == whole_epoch1[3:]
+    other = GroupedBatchSampler(lengths, mods, **{**kw, "max_tokens": 2000})
+    with pytest.raises(ValueError, match="max_tokens"):
+        other.load_state_dict(s.state_dict())
+
+
+def test_a_token_budget_keeps_the_accumulation_equivalence_and_wraps_the_last_step():
+    lengths, mods = _data()
+    [single] = _ranks(lengths, mods, world=1, accum=2, max_tokens=5000)
+    pair = _ranks(lengths, mods, world=2, accum=1, max_tokens=5000)
+    assert list(single) == [mb for step in zip(*(list(s) for s in pair)) for mb in step]
+    kept = _ranks(lengths, mods, world=3, accum=1, max_tokens=5000, drop_last=False)[0]
+    assert {i for step in kept.plan(0) for mb in step for i in mb} == set(range(len(lengths)))
+    assert all(len(step) == 3 for step in kept.plan(0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 120),
+    world=st.integers(1, 4),
+    accum=st.integers(1, 3),
+    budget=st.integers(1, 3000),
+    packed=st.booleans(),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 5),
+)
+def test_properties_of_token_budget_plans(n, world, accum, budget, packed, drop_last, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 1000, n).tolist()
+    mods = rng.choice(["a", "b", "c"], n).tolist()
+    samplers = _ranks(
+        lengths, mods, world, accum, max_tokens=budget, packed=packed, drop_last=drop_last, lookahead=2
+    )
+    per_rank = [list(s) for s in samplers]
+    assert all(len(p) == samplers[0].steps_per_epoch() * accum for p in per_rank)
+    mbs = [mb for p in per_rank for mb in p]
+    assert all(mb and (_cost(lengths, mb, packed) <= budget or len(mb) == 1) for mb in mbs)
+    flat = [i for mb in mbs for i in mb]
+    if drop_last:
+        assert len(flat) == len(set(flat))
+    else:
+        assert set(flat) == set(range(n))
