@@ -5,6 +5,8 @@
   modality-grouped batches) with ``train.packing=true`` (each micro-batch in one padding-free row, span-by-span
   attention) and ``train.loss=chunked`` (LM head + CE on the supervised tokens only, in chunks); also packed with
   transformers' loss, to separate the two gains;
+* onevision packed, token budget: packed + chunked with ``train.micro_batch_tokens`` (``--tokens``, by default about
+  the mean tokens of ``--batch`` samples) instead of a sample count, so every micro-batch is about as long;
 * onevision unpacked: the same without packing, transformers' loss;
 * HF on our batches: the HF model on the same grouped batches, padded to the longest sample of each;
 * HF plain loop: the HF model built from an equivalent tiny config, the same samples (same input ids, same tiles) in
@@ -61,8 +63,22 @@ def _dataset(root: Path, n: int, seed: int) -> Path:
     return path
 
 
-def _recipe(data: Path, out: Path, batch: int, seed: int, width: int, layers: int, workers: int, *extra: str):
+def _recipe(
+    data: Path,
+    out: Path,
+    batch: int,
+    seed: int,
+    width: int,
+    layers: int,
+    vocab: int,
+    workers: int,
+    *extra: str,
+):
     from onevision.train.recipe import load_recipe
+
+    rows = (
+        f", vocab_size: {vocab}" if vocab else ""
+    )  # embedding rows beyond the tokenizer's, as real LLMs pad
 
     return load_recipe(
         "tiny/stage2_si",
@@ -81,7 +97,7 @@ def _recipe(data: Path, out: Path, batch: int, seed: int, width: int, layers: in
             f"data.num_workers={workers}",
             # a partial model config over the tiny preset: the LLM's width and depth
             f"model.options={{llm: {{config: {{hidden_size: {width}, intermediate_size: {2 * width}, "
-            f"num_hidden_layers: {layers}}}}}}}",
+            f"num_hidden_layers: {layers}{rows}}}}}}}",
             "checkpoint.every_steps=100000",
             f"seed={seed}",
             "data.lookahead=64",
@@ -107,7 +123,7 @@ def run_onevision(recipe) -> dict:
     }
 
 
-def prepare_hf(recipe, width: int, layers: int) -> dict:
+def prepare_hf(recipe, width: int, layers: int, vocab: int) -> dict:
     """The same encoded samples (ids, labels, tiles) as the onevision run, and an HF config of the same size."""
     from onevision.testing import TINY
     from onevision.train.build import build_encoder, build_model
@@ -125,7 +141,7 @@ def prepare_hf(recipe, width: int, layers: int) -> dict:
         llm_layers=layers,
     )
     cfg = spec.hf_config(
-        vocab_size=len(encoder.processor.tokenizer),
+        vocab_size=vocab or len(encoder.processor.tokenizer),
         image_token_id=encoder.processor.image_token_id,
         video_token_id=encoder.processor.video_token_id,
         image_grid_pinpoints=[[p.height, p.width] for p in strategy.pinpoints],
@@ -190,6 +206,7 @@ def run_hf(prep: dict, batches: list[list[int]], seed: int) -> dict:
 RUNS = {
     "packed": ("onevision.train, packed + chunked CE", ("train.packing=true", "train.loss=chunked")),
     "packed-hf-loss": ("onevision.train, packed, HF loss", ("train.packing=true", "train.loss=hf")),
+    "packed-tokens": ("onevision.train, packed, token budget", ("train.packing=true", "train.loss=chunked")),
     "unpacked": ("onevision.train, unpacked (grouped)", ("train.packing=false", "train.loss=hf")),
     "hf-grouped": ("HF LlavaOnevision, our batches", ()),
     "hf": ("HF LlavaOnevision, plain loop", ()),
@@ -207,13 +224,16 @@ def _one(args: argparse.Namespace) -> dict:
 
     logging.getLogger("onevision").setLevel(logging.ERROR)
     data, out = Path(args.data), Path(args.out)
-    geometry = (args.batch, args.seed, args.llm_width, args.llm_layers, args.workers)
-    recipe = _recipe(data, out, *geometry, *RUNS[args.run][1])
-    if args.run in ("packed", "packed-hf-loss", "unpacked"):
+    geometry = (args.batch, args.seed, args.llm_width, args.llm_layers, args.vocab, args.workers)
+    extra = RUNS[args.run][1]
+    if args.run == "packed-tokens":
+        extra = (*extra, f"train.micro_batch_tokens={args.tokens}")
+    recipe = _recipe(data, out, *geometry, *extra)
+    if args.run in ("packed", "packed-hf-loss", "packed-tokens", "unpacked"):
         with contextlib.redirect_stdout(io.StringIO()):
             result = run_onevision(recipe)
     else:
-        prep = prepare_hf(recipe, args.llm_width, args.llm_layers)
+        prep = prepare_hf(recipe, args.llm_width, args.llm_layers, args.vocab)
         if args.run == "hf":
             order = list(range(len(prep["items"])))
             random.Random(args.seed).shuffle(order)
@@ -236,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm-width", type=int, default=64, help="LLM hidden size of both models (tiny: 64)")
     p.add_argument("--llm-layers", type=int, default=2)
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=0,
+        help="LLM vocabulary rows (0: the tiny tokenizer's 512); 10880 gives width 64 Qwen2-0.5B's width:vocab ratio",
+    )
+    p.add_argument("--tokens", type=int, default=1900, help="micro_batch_tokens of the token-budget run")
     p.add_argument("--workers", type=int, default=1, help="onevision DataLoader workers (decoding overlaps)")
     p.add_argument("--rounds", type=int, default=2, help="alternate the runs this many times; keep each best")
     p.add_argument("--run", choices=sorted(RUNS), help=argparse.SUPPRESS)  # one run, in a child process
@@ -249,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
     best: dict[str, dict] = {}
     common = [
-        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("batch", "seed", "llm_width", "llm_layers")
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("batch", "seed", "llm_width", "llm_layers", "vocab", "tokens")
     ]
     with tempfile.TemporaryDirectory() as tmp:
         data = _dataset(Path(tmp) / "data", args.samples, args.seed)
@@ -261,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 if name not in best or result["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = result
+    vocab = f", vocabulary {args.vocab:,}" if args.vocab else ""
     print(
-        f"tiny model (LLM width {args.llm_width}, {args.llm_layers} layers), {args.samples} single-image samples, "
+        f"tiny model (LLM width {args.llm_width}, {args.llm_layers} layers{vocab}), {args.samples} single-image samples, "
         f"batch {args.batch}, best of {args.rounds} alternating rounds, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
     )
     print(f"\n{'':40}{'tokens/s':>10}{'padding':>9}{'peak RSS':>11}{'steps':>7}")

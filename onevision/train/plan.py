@@ -248,6 +248,7 @@ class Plan:
     memory: list[Memory]
     params: dict[str, int]
     trains: dict[str, bool]
+    row_tokens: int  # the most tokens one micro-batch holds (its activations)
 
     @property
     def seconds(self) -> float:
@@ -278,7 +279,8 @@ def plan_recipe(
     lm, tower, projector = model_stacks(config, recipe.source)
     trains = {name: getattr(recipe.components, name).trainable != "frozen" for name in ("vision", "llm")}
     tokens = epoch_tokens(recipe, profile=profile, sample=sample)
-    row = recipe.train.micro_batch_size * tokens.max_length
+    budget = recipe.train.micro_batch_tokens  # a sample longer than the budget runs alone
+    row = max(budget, tokens.max_length) if budget else recipe.train.micro_batch_size * tokens.max_length
     chunk = recipe.train.loss_chunk_tokens if recipe.train.loss == "chunked" else None
     memory = memory_per_gpu(
         lm, tower, projector, trains, gpus=gpus, row_tokens=row, chunk_tokens=chunk, lora_rank=lora_rank
@@ -289,7 +291,9 @@ def plan_recipe(
         "projector": projector,
     }
     flops = epoch_flops(tokens, lm, tower, projector, trains)
-    return Plan(recipe.name, tokens, recipe.train.epochs, flops, GPUS[gpu], gpus, mfu, memory, params, trains)
+    return Plan(
+        recipe.name, tokens, recipe.train.epochs, flops, GPUS[gpu], gpus, mfu, memory, params, trains, row
+    )
 
 
 def _count(n: int) -> str:
@@ -329,7 +333,7 @@ def format_plan(plan: Plan) -> str:
         fits = "yes" if m.total / GIB <= plan.gpu.memory_gib else "no"
         lines.append(f"{m.setup:28}{g[0]:9.1f}{g[1]:8.1f}{g[2]:8.1f}{g[3]:8.1f}{g[4]:8.1f}  {fits}")
     lines.append(
-        f"(activations: micro-batch of {plan.tokens.max_length:,}-token samples, gradient checkpointing; "
+        f"(activations: micro-batches of up to {plan.row_tokens:,} tokens, gradient checkpointing; "
         f"+{OVERHEAD_GIB:g} GiB framework overhead in the total)"
     )
     return "\n".join(lines)

@@ -95,6 +95,18 @@ def test_llava15_13b_estimate_is_within_2x_of_the_paper(stage, profile, publishe
     assert plan.trains == {"llm": stage == "finetune", "vision": False}
     assert 0.5 < plan.seconds / 3600 / published_h < 2.0
     assert all(m.total < 80 * 2**30 for m in plan.memory[1:])  # ZeRO-3 and LoRA fit an A100-80GB
+    # a token budget bounds the activations by the budget (or the longest sample, which runs alone)
+    budget = 3 * plan.row_tokens
+    budgeted = plan_recipe(
+        load_recipe(f"llava15/vicuna13b_{stage}", [f"train.micro_batch_tokens={budget}"]),
+        gpus=8,
+        gpu="a100-80g",
+        mfu=0.4,
+        profile=str(PROFILES / profile),
+    )
+    assert plan.row_tokens == recipe.train.micro_batch_size * plan.tokens.max_length
+    assert budgeted.row_tokens == budget and budgeted.seconds == plan.seconds
+    assert budgeted.memory[0].activations > plan.memory[0].activations
 
 
 def test_the_plan_command_prints_the_estimate_next_to_the_published_time(capsys):
