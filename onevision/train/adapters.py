@@ -35,7 +35,7 @@ def build_onevision_model(recipe: Recipe, init_from: Path | None, *, weights: bo
     from onevision.train import lora_stage
 
     if init_from is not None:
-        options = lora_stage.init_from_options(init_from)
+        options = lora_stage.init_from_options(recipe, init_from, weights=weights)
         pipe = load(str(init_from), **({} if weights or options else {"device": "meta"}), **options)
     else:
         import torch

@@ -32,11 +32,17 @@ def no_base_write() -> Iterator[None]:
         _WRITE_BASE.pop()
 
 
-def init_from_options(init_from: Path) -> dict[str, Any]:
-    """``onevision.load`` options for a previous stage: an adapter stage is merged on the fly."""
+def init_from_options(recipe: Recipe, init_from: Path, *, weights: bool = True) -> dict[str, Any]:
+    """``onevision.load`` options for a previous stage: an adapter stage is merged on the fly; a QLoRA stage on a
+    checkpoint quantizes its layers as they are read (never the full-precision model in memory). An adapter
+    stage's merged model is this stage's base and is written unquantized first, so it is quantized after."""
     from onevision.checkpoints.adapter import is_adapter
 
-    return {"merge": True} if is_adapter(init_from) else {}
+    if is_adapter(init_from):
+        return {"merge": True}
+    if weights and recipe.model.quantization is not None:
+        return {"quantization": recipe.model.quantization, "quantization_skip": quantization_skip(recipe)}
+    return {}
 
 
 def is_lora_recipe(recipe: Recipe) -> bool:
@@ -54,7 +60,7 @@ def prepare_model(recipe: Recipe, model: Any, processor: Any, init_from: Path | 
             _BASES[id(model)] = init_from.resolve()
         else:
             _BASES[id(model)] = _write_base(recipe, model, processor)
-    if recipe.model.quantization is not None:
+    if recipe.model.quantization is not None and getattr(model, "quantization", None) is None:
         from onevision.quantization import quantize_model
 
         quantize_model(model, recipe.model.quantization, skip=quantization_skip(recipe))

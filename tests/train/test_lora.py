@@ -204,6 +204,40 @@ def test_qlora_trains_on_cpu_and_its_adapter_loads(tiny_data, tmp_path, image):
     assert isinstance(pipe.generate("what?", images=[image], max_new_tokens=4), str)
 
 
+def test_a_qlora_stage_on_a_checkpoint_quantizes_its_layers_as_they_are_read(
+    tiny_data, tmp_path, monkeypatch
+):
+    """``init_from`` a native stage: the QLoRA build loads it quantized layer by layer (the after-load
+    quantization is never called) and gets the same quantized base as loading in full precision first."""
+    import onevision.quantization as quantization
+    from onevision.testing import tiny_pipeline
+    from onevision.train import lora_stage
+    from onevision.train.build import build_model
+    from onevision.train.lora_recipe import quantization_skip
+
+    stage = tmp_path / "stage1"
+    tiny_pipeline(seed=3).save(str(stage))
+    (stage / "stage.json").write_text("{}")
+    recipe = _recipe("lora/tiny_qlora", tmp_path / "q", tiny_data, f"init_from={stage}")
+
+    def after_load(*args, **kwargs):
+        raise AssertionError("quantized after loading")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quantization, "quantize_model", after_load)
+        streamed = build_model(recipe)
+    assert streamed.quantization.method == "nf4" and streamed.quantization.layers > 0
+    first = onevision.load(str(stage))
+    lora_stage.prepare_model(recipe, first.model, first.processor, stage)  # loads, then quantizes
+    assert first.model.quantization.layers == streamed.quantization.layers
+    assert set(quantization_skip(recipe)) >= {"vision", "projector"}
+    a, b = streamed.state_dict(), first.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        if ".lora_" not in key:  # the adapters start from their own random draws
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_dry_run_of_a_lora_recipe_writes_nothing(tiny_data, tmp_path):
     from onevision.train.dryrun import dry_run_report
 
