@@ -9,7 +9,8 @@ Every case runs in a fresh process (``VmHWM`` reset after the imports, so they a
 LLM (LoRA r 16 on every linear layer, or all of it for "full") plus the projector and newline train, the vision
 tower is frozen, AdamW, gradient checkpointing, one text-only micro-batch of random tokens (vision is not run);
 the first step is a warm-up, the median of the next ones is reported. QLoRA loads the frozen LLM in NF4
-(bitsandbytes) and trains LoRA in the model dtype. Loading: ``onevision.load`` in bf16 vs ``quantization=int8|nf4``
+(bitsandbytes, layer by layer as the weights are read) and trains LoRA in the model dtype. Every child runs with
+``MALLOC_MMAP_THRESHOLD_=131072`` so freed buffers go back to the system and resident memory is what is held. Loading: ``onevision.load`` in bf16 vs ``quantization=int8|nf4``
 (vision tower unquantized), then one text forward pass (memory-mapped weights are counted once read): peak RSS
 growth, resident RSS after it (and its private part: checkpoint pages read through the memory map are
 file-backed and count in RSS too), and the bytes the weights take (load s: the load call alone).
@@ -37,7 +38,7 @@ import gc, json, logging, statistics, sys, time, warnings
 import torch
 import onevision
 from onevision.lora import ComponentLora, apply_lora, lora_parameters
-from onevision.quantization import model_bytes, quantize_model
+from onevision.quantization import model_bytes
 from onevision.testing import peak_rss, peak_rss_reset, _status_bytes
 
 warnings.filterwarnings("ignore")
@@ -65,10 +66,10 @@ if case.startswith("load-"):
     out["weights"] = model_bytes(pipe.model)
     print(json.dumps(out))
     sys.exit(0)
-pipe = onevision.load(path, dtype=dtype)
+# QLoRA: the LLM quantized to NF4 layer by layer as it is read (as a QLoRA stage on a checkpoint does)
+quantized = {"quantization": "nf4", "quantization_skip": ("vision", "projector")} if case == "qlora" else {}
+pipe = onevision.load(path, dtype=dtype, **quantized)
 model = pipe.model
-if case == "qlora":
-    quantize_model(model, "nf4", skip=("vision", "projector"))
 if case in ("lora", "qlora"):
     apply_lora(model, {"llm": ComponentLora(r=16, alpha=32.0, dropout=0.0)})
 for p in model.parameters():
@@ -125,7 +126,8 @@ def half_b_checkpoint(workdir: Path) -> Path:
 
 def run(case: str, path: Path, size: str) -> dict:
     dtype, seq, steps = SETTINGS[size]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # a fixed mmap threshold: glibc returns freed per-layer buffers to the system instead of keeping them
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, case, str(path), dtype, str(seq), str(steps)],
         capture_output=True,
