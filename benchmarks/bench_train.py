@@ -72,6 +72,9 @@ def _recipe(
     layers: int,
     vocab: int,
     workers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
     *extra: str,
 ):
     from onevision.train.recipe import load_recipe
@@ -96,8 +99,8 @@ def _recipe(
             "logging.progress=false",
             f"data.num_workers={workers}",
             # a partial model config over the tiny preset: the LLM's width and depth
-            f"model.options={{llm: {{config: {{hidden_size: {width}, intermediate_size: {2 * width}, "
-            f"num_hidden_layers: {layers}{rows}}}}}}}",
+            f"model.options={{llm: {{config: {{hidden_size: {width}, intermediate_size: {intermediate or 2 * width}, "
+            f"num_hidden_layers: {layers}, num_attention_heads: {heads}, num_key_value_heads: {kv_heads}{rows}}}}}}}",
             "checkpoint.every_steps=100000",
             f"seed={seed}",
             "data.lookahead=64",
@@ -123,7 +126,7 @@ def run_onevision(recipe) -> dict:
     }
 
 
-def prepare_hf(recipe, width: int, layers: int, vocab: int) -> dict:
+def prepare_hf(recipe, args: argparse.Namespace) -> dict:
     """The same encoded samples (ids, labels, tiles) as the onevision run, and an HF config of the same size."""
     from onevision.testing import TINY
     from onevision.train.build import build_encoder, build_model
@@ -137,11 +140,14 @@ def prepare_hf(recipe, width: int, layers: int, vocab: int) -> dict:
     spec = TINY.replace(
         image_size=recipe.visual.tile_size,
         patch_size=recipe.visual.patch_size,
-        llm_width=width,
-        llm_layers=layers,
+        llm_width=args.llm_width,
+        llm_layers=args.llm_layers,
+        llm_heads=args.llm_heads,
+        llm_kv_heads=args.llm_kv_heads,
+        llm_intermediate=args.llm_intermediate or None,
     )
     cfg = spec.hf_config(
-        vocab_size=vocab or len(encoder.processor.tokenizer),
+        vocab_size=args.vocab or len(encoder.processor.tokenizer),
         image_token_id=encoder.processor.image_token_id,
         video_token_id=encoder.processor.video_token_id,
         image_grid_pinpoints=[[p.height, p.width] for p in strategy.pinpoints],
@@ -225,6 +231,7 @@ def _one(args: argparse.Namespace) -> dict:
     logging.getLogger("onevision").setLevel(logging.ERROR)
     data, out = Path(args.data), Path(args.out)
     geometry = (args.batch, args.seed, args.llm_width, args.llm_layers, args.vocab, args.workers)
+    geometry += (args.llm_heads, args.llm_kv_heads, args.llm_intermediate)
     extra = RUNS[args.run][1]
     if args.run == "packed-tokens":
         extra = (*extra, f"train.micro_batch_tokens={args.tokens}")
@@ -233,7 +240,7 @@ def _one(args: argparse.Namespace) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):
             result = run_onevision(recipe)
     else:
-        prep = prepare_hf(recipe, args.llm_width, args.llm_layers, args.vocab)
+        prep = prepare_hf(recipe, args)
         if args.run == "hf":
             order = list(range(len(prep["items"])))
             random.Random(args.seed).shuffle(order)
@@ -256,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm-width", type=int, default=64, help="LLM hidden size of both models (tiny: 64)")
     p.add_argument("--llm-layers", type=int, default=2)
+    p.add_argument("--llm-heads", type=int, default=4, help="attention heads (head dim = width / heads)")
+    p.add_argument("--llm-kv-heads", type=int, default=2)
+    p.add_argument("--llm-intermediate", type=int, default=0, help="MLP width (0: twice the LLM width)")
     p.add_argument(
         "--vocab",
         type=int,
@@ -275,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     import subprocess
 
     best: dict[str, dict] = {}
-    common = [
-        f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("batch", "seed", "llm_width", "llm_layers", "vocab", "tokens")
-    ]
+    shared = (
+        "batch",
+        "seed",
+        "llm_width",
+        "llm_layers",
+        "llm_heads",
+        "llm_kv_heads",
+        "llm_intermediate",
+        "vocab",
+    )
+    common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (*shared, "tokens")]
     with tempfile.TemporaryDirectory() as tmp:
         data = _dataset(Path(tmp) / "data", args.samples, args.seed)
         for k in range(args.rounds):

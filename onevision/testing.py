@@ -253,7 +253,7 @@ def tiny_tokenizer(vocab_size: int = 512, *, media_tokens: bool = True) -> Any:
 class TinySpec:
     """One tiny geometry: a ViT-style vision tower, a Qwen2-style LLM and the AnyRes pinpoint grid.
 
-    MLP widths are twice the hidden widths; pinpoints are ``image_size * {1..grid}^2`` in (height, width) order.
+    MLP widths are twice the hidden widths unless ``llm_intermediate`` says otherwise; pinpoints are ``image_size * {1..grid}^2`` in (height, width) order.
     """
 
     image_size: int = 64
@@ -265,6 +265,7 @@ class TinySpec:
     llm_layers: int = 2
     llm_heads: int = 4
     llm_kv_heads: int = 2
+    llm_intermediate: int | None = None
     max_positions: int = 8192
     tie_word_embeddings: bool = False
     grid: int = 6
@@ -318,7 +319,7 @@ class TinySpec:
         return {
             "vocab_size": vocab_size,
             "hidden_size": self.llm_width,
-            "intermediate_size": 2 * self.llm_width,
+            "intermediate_size": self.llm_intermediate or 2 * self.llm_width,
             "num_hidden_layers": self.llm_layers,
             "num_attention_heads": self.llm_heads,
             "num_key_value_heads": self.llm_kv_heads,

@@ -162,16 +162,21 @@ def build_param_groups(
 
 
 def build_optimizer(groups: list[dict[str, Any]], recipe: Recipe) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` over ``groups`` (the client optimizer DeepSpeed ZeRO-2/3 keeps, with its groups)."""
+    """``torch.optim.AdamW`` over ``groups`` (the client optimizer DeepSpeed ZeRO-2/3 keeps, with its groups).
+
+    The fused kernel (one pass over each parameter instead of about ten elementwise ops) when every parameter is a
+    floating-point tensor on CPU or CUDA, the single-tensor loop otherwise."""
     import torch
 
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
         groups,
         lr=recipe.optim.lr,
         betas=tuple(recipe.optim.betas),
         eps=recipe.optim.eps,
         weight_decay=recipe.optim.weight_decay,
-        foreach=False,
+        **({"fused": True} if fused else {"foreach": False}),
     )
 
 

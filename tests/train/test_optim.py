@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -75,6 +76,25 @@ def test_frozen_components_get_no_grad_and_no_optimizer_state():
     state_ids = {id(p) for p in opt.state}
     assert not state_ids & {id(p) for p in frozen}
     assert {id(p) for p in model.projector.parameters()} <= state_ids
+
+
+def test_the_optimizer_is_fused_adamw_and_steps_as_the_reference_loop():
+    model, recipe = StandIn(), _recipe("optim.weight_decay=0.1")
+    apply_trainable(model.component_parameters(), recipe, all_parameters=list(model.parameters()))
+    twin, initial = copy.deepcopy(model), copy.deepcopy(model)
+    opt = build_optimizer(build_param_groups(model.component_parameters(), recipe), recipe)
+    assert opt.defaults["fused"] is True
+    groups = build_param_groups(twin.component_parameters(), recipe)
+    ref = torch.optim.AdamW(groups, lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), eps=recipe.optim.eps)
+    x = torch.randn(3, 4)
+    for _ in range(3):
+        for m, o in ((model, opt), (twin, ref)):
+            m.projector(m.vision_tower(x)).square().sum().backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), initial.parameters(), strict=True))
 
 
 def test_weight_decay_splits_matrices_from_vectors():
