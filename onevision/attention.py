@@ -18,8 +18,10 @@ from typing import Any
 
 #: the attention implementation name packed training switches an SDPA or eager LLM to
 PACKED_SDPA = "onevision_packed_sdpa"
-#: implementations that :func:`use_packed_attention` replaces (flash-attention handles packing itself)
+#: implementations that :func:`use_packed_attention` replaces by :data:`PACKED_SDPA`
 REPLACEABLE = ("sdpa", "eager")
+#: implementations whose transformers kernels run varlen from explicit ``cu_seq_lens_*`` (:func:`varlen_kwargs`)
+VARLEN = ("flash_attention_2", "flash_attention_3")
 
 
 def packed_sdpa_forward(
@@ -104,8 +106,27 @@ def register_packed_attention() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, packed_sdpa_mask)
 
 
+def packable(implementation: str | None) -> bool:
+    """Whether packed rows keep their samples apart under this LLM attention implementation."""
+    return implementation in (*REPLACEABLE, PACKED_SDPA, *VARLEN)
+
+
+def varlen_kwargs(
+    packed_spans: Sequence[Sequence[tuple[int, int]]], width: int, device: Any
+) -> dict[str, Any]:
+    """transformers' flash-attention varlen kwargs for rows of ``width`` tokens flattened into one sequence: every
+    span (sample or padding run) of ``packed_spans`` is one sequence of ``cu_seq_lens_q``/``cu_seq_lens_k``."""
+    import torch
+
+    starts = [r * width + s for r, spans in enumerate(packed_spans) for s, _ in spans]
+    cu = torch.tensor([*starts, len(packed_spans) * width], dtype=torch.int32, device=device)
+    longest = max(e - s for spans in packed_spans for s, e in spans)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
 def use_packed_attention(language_model: Any) -> bool:
-    """Switch an SDPA or eager transformers LLM to :data:`PACKED_SDPA`; returns whether it was switched."""
+    """Switch an SDPA or eager transformers LLM to :data:`PACKED_SDPA`; returns whether it was switched (a
+    :data:`VARLEN` LLM keeps its kernel)."""
     if language_model.config._attn_implementation not in REPLACEABLE:
         return False
     register_packed_attention()

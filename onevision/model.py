@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import anyres
+from onevision.attention import VARLEN, packable, spans_from_positions, varlen_kwargs
 from onevision.checkpoints.detect import detect_format
 from onevision.checkpoints.io import as_tensor, open_state_dict, read_config, write_state_dict
 from onevision.config import OneVisionConfig
@@ -480,6 +481,19 @@ class OneVisionModel(nn.Module):
             position_ids = positions_from_mask(attention_mask)
         if packed:  # transformers isolates restarting positions only without a 2D mask and without a cache
             attention_mask, use_cache = None, False
+            implementation = self.language_model.config._attn_implementation
+            if not packable(implementation):
+                raise InputError(
+                    f"packed rows need sdpa, eager or flash-attention LLM attention; {implementation!r} would attend "
+                    "across the samples of a row (set the LLM's attn_implementation, or do not pack)"
+                )
+            if (
+                implementation in VARLEN
+            ):  # explicit cu_seqlens: transformers infers them for a single row only
+                rows, width = inputs_embeds.shape[:2]
+                spans = kwargs.get("packed_spans") or spans_from_positions(position_ids, rows, width)
+                if spans is not None:
+                    kwargs.update(varlen_kwargs(spans, width, inputs_embeds.device))
         if labels is not None and self.loss.kind == "chunked":
             from transformers.modeling_outputs import CausalLMOutputWithPast
 

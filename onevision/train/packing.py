@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from onevision.attention import spans_of, use_packed_attention
+from onevision.attention import packable, spans_of, use_packed_attention
 from onevision.batch import IGNORE_INDEX
+from onevision.errors import RecipeError
 
 
 def first_fit_rows(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
@@ -96,5 +97,13 @@ def enable_packing(recipe: Any, model: Any, encoder: Any) -> Any:
     then switched to span-by-span attention), else ``encoder`` itself."""
     if not recipe.train.packing:
         return encoder
+    implementation = model.language_model.config._attn_implementation
+    if not packable(implementation):
+        raise RecipeError(
+            recipe.source or None,
+            "train.packing",
+            f"the LLM's attention {implementation!r} cannot keep the samples of a packed row apart; use "
+            "model.attn_implementation sdpa, eager, flash_attention_2 or flash_attention_3, or train.packing: false",
+        )
     use_packed_attention(model.language_model)
     return PackingEncoder(encoder, recipe.train.max_tokens_per_row, encoder.processor.pad_token_id)

@@ -4,17 +4,21 @@ logs the losses of training without it, and resumes exactly."""
 from __future__ import annotations
 
 import json
+import sys
+import types
+from itertools import pairwise
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from onevision.attention import PACKED_SDPA, register_packed_attention
+from onevision.attention import PACKED_SDPA, register_packed_attention, spans_of, varlen_kwargs
+from onevision.errors import InputError, RecipeError
 from onevision.loss import LossConfig
 from onevision.train.build import build_encoder, build_model
 from onevision.train.data import TrainDataset, load_samples, plan_samples
 from onevision.train.engine import train
-from onevision.train.packing import first_fit_rows, pack
+from onevision.train.packing import enable_packing, first_fit_rows, pack
 from onevision.train.recipe import load_recipe
 from onevision.train.sampler import GroupedBatchSampler
 
@@ -64,6 +68,71 @@ def test_first_fit_rows_longest_first_within_the_budget():
     assert first_fit_rows([12, 2], 10) == [[0], [1]]  # too long for the budget: a row of its own, never split
 
 
+@pytest.fixture
+def fake_flash_attn(monkeypatch):
+    """A ``flash_attn`` package with flash-attn's semantics on CPU tensors (causal attention over each sequence of
+    ``cu_seqlens``; the dense kernel over each whole row), so transformers' own flash-attention path runs here.
+    Records which kernel ran."""
+    import transformers.modeling_flash_attention_utils as fa_utils
+
+    calls: list[str] = []
+
+    def dense(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):  # [B, L, H, D]
+        calls.append("dense")
+        out = F.scaled_dot_product_attention(
+            *(x.transpose(1, 2) for x in (q, k, v)),
+            is_causal=causal,
+            scale=softmax_scale,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
+        return out.transpose(1, 2)
+
+    def varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False
+    ):
+        calls.append("varlen")
+        cuts = cu_seqlens_q.tolist()
+        assert cuts == cu_seqlens_k.tolist() and max_seqlen_q == max(b - a for a, b in pairwise(cuts))
+        return torch.cat(
+            [
+                dense(q[None, a:b], k[None, a:b], v[None, a:b], 0.0, softmax_scale, causal)[0]
+                for a, b in pairwise(cuts)
+            ]
+        )
+
+    flash = types.ModuleType("flash_attn")
+    flash.flash_attn_func, flash.flash_attn_varlen_func, flash.flash_attn_with_kvcache = dense, varlen, None
+    padding = types.ModuleType("flash_attn.bert_padding")
+    padding.pad_input, padding.unpad_input = fa_utils._pad_input, fa_utils._unpad_input
+    monkeypatch.setitem(sys.modules, "flash_attn", flash)
+    monkeypatch.setitem(sys.modules, "flash_attn.bert_padding", padding)
+    monkeypatch.setattr(fa_utils, "is_flash_attn_2_available", lambda: True)
+    monkeypatch.setattr(fa_utils, "_loaded_implementation", None)
+    yield calls
+    assert calls and set(calls) == {"varlen", "dense"}  # varlen over the packed rows (dense: inside varlen)
+
+
+def test_packing_refuses_an_attention_that_cannot_isolate_samples(setup):
+    model, encoder, items = setup
+    batch = pack(items, encoder.collate, None, encoder.processor.pad_token_id)
+    model.language_model.config._attn_implementation = "flex_attention"
+    try:
+        with pytest.raises(InputError, match="'flex_attention' would attend across the samples"):
+            model(**batch)
+        recipe = load_recipe("tiny/stage2_si", ["train.packing=true"])
+        with pytest.raises(RecipeError, match=r"train\.packing"):
+            enable_packing(recipe, model, encoder)
+    finally:
+        model.language_model.set_attn_implementation("sdpa")
+
+
+def test_varlen_kwargs_cut_the_flattened_rows_at_every_span():
+    spans = spans_of([[3, 2], [4]], 5)
+    got = varlen_kwargs(spans, 5, "cpu")
+    assert got["cu_seq_lens_q"].tolist() == [0, 3, 5, 9, 10] and got["cu_seq_lens_q"].dtype == torch.int32
+    assert got["cu_seq_lens_k"] is got["cu_seq_lens_q"] and got["max_length_q"] == got["max_length_k"] == 4
+
+
 def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -76,14 +145,21 @@ def _grads(model):
         (PACKED_SDPA, "hf"),
         (PACKED_SDPA, "chunked"),
         ("positions", "hf"),
+        ("flash", "hf"),
+        ("flash", "chunked"),
+        ("flash-positions", "hf"),
     ],
 )
-def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
+def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind, request):
     """sdpa: transformers' block-diagonal mask from the restarting positions; PACKED_SDPA: span-by-span SDPA from
-    the batch's spans; positions: PACKED_SDPA without spans, which finds them from the restarting positions."""
+    the batch's spans; positions: PACKED_SDPA without spans, which finds them from the restarting positions; flash:
+    transformers' flash-attention path (with flash-attn's semantics on CPU) given the model's varlen kwargs, from
+    the spans or (flash-positions) from the restarting positions."""
     model, encoder, items = setup
-    spans = attention != "positions"
-    if attention != "sdpa":
+    spans = attention not in ("positions", "flash-positions")
+    if attention.startswith("flash"):
+        request.getfixturevalue("fake_flash_attn")
+    elif attention != "sdpa":
         attention = PACKED_SDPA
         register_packed_attention()
     lengths = [len(x["input_ids"]) for x in items]
@@ -107,7 +183,10 @@ def test_packed_batch_matches_every_sample_alone(setup, attention, loss_kind):
     batch = pack(items, encoder.collate, budget, encoder.processor.pad_token_id)
     if not spans:
         del batch["packed_spans"]
-    model.language_model.set_attn_implementation(attention)
+    if attention.startswith("flash"):  # set_attn_implementation would check for CUDA and the real package
+        model.language_model.config._attn_implementation = "flash_attention_2"
+    else:
+        model.language_model.set_attn_implementation(attention)
     assert batch["packed"] and batch["input_ids"].shape[0] == len(rows)
     assert int(batch["attention_mask"].sum()) == sum(lengths)
     model.zero_grad(set_to_none=True)
