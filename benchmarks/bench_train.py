@@ -23,7 +23,7 @@ backward, the full square as PyTorch's own formula for the CUDA kernels counts i
 row, the CPU kernel's causal mode skips little of the upper triangle). The work ratio (the other run's FLOPs over packed's) is what removing work alone can buy: a time ratio close
 to it means the rest of the step runs as fast on both sides.
 
-    python benchmarks/bench_train.py [--samples 96] [--batch 4] [--rounds 2]
+    python benchmarks/bench_train.py [--samples 192] [--batch 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace, recipe) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=96)
+    p.add_argument("--samples", type=int, default=192)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm-width", type=int, default=64, help="LLM hidden size of both models (tiny: 64)")
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tokens", type=int, default=1900, help="micro_batch_tokens of the token-budget run")
     p.add_argument("--workers", type=int, default=1, help="onevision DataLoader workers (decoding overlaps)")
-    p.add_argument("--rounds", type=int, default=2, help="alternate the runs this many times; keep each best")
+    p.add_argument("--rounds", type=int, default=3, help="alternate the runs this many times; keep each best")
     p.add_argument("--run", choices=sorted(RUNS), help=argparse.SUPPRESS)  # one run, in a child process
     p.add_argument("--count", action="store_true", help=argparse.SUPPRESS)  # ... counting its FLOPs
     p.add_argument("--data", help=argparse.SUPPRESS)
