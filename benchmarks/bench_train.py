@@ -17,11 +17,12 @@ steps but the first, the fraction of padding tokens, peak RSS, and the ratios. T
 plain loop and >= 1.25x HF on the same batches, padding < 1 %.
 
 A last, untimed pass runs each configuration once more under ``torch.utils.flop_counter.FlopCounterMode`` and
-reports the work each one executes (GFLOP over the whole run, the same 96 samples for all): every matmul and
+reports the work each one executes (GFLOP over the whole run, the same samples for all): every matmul and
 convolution as run (padding rows included), and attention from its shapes (``4 b h s_q s_k d`` forward, 2.5x that
 backward, the full square as PyTorch's own formula for the CUDA kernels counts it: at these lengths, a few blocks per
-row, the CPU kernel's causal mode skips little of the upper triangle). The work ratio (the other run's FLOPs over packed's) is what removing work alone can buy: a time ratio close
-to it means the rest of the step runs as fast on both sides.
+row, the CPU kernel's causal mode skips little of the upper triangle). The work ratio (the other run's FLOPs over
+packed's) is what removing work alone can buy: a time ratio close to it means the rest of the step runs as fast on
+both sides.
 
     python benchmarks/bench_train.py [--samples 192] [--batch 4] [--rounds 3]
 """
@@ -330,32 +331,32 @@ def main(argv: list[str] | None = None) -> int:
     import subprocess
 
     best: dict[str, dict] = {}
-    pipe = {"capture_output": True, "text": True, "check": True}
-    shared = (
-        "batch",
-        "seed",
-        "llm_width",
-        "llm_layers",
-        "llm_heads",
-        "llm_kv_heads",
-        "llm_intermediate",
-        "vocab",
-    )
-    common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (*shared, "tokens")]
+    passed = ("batch", "seed", "llm_width", "llm_layers", "llm_heads", "llm_kv_heads", "llm_intermediate")
+    common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (*passed, "vocab", "tokens", "workers")]
     with tempfile.TemporaryDirectory() as tmp:
         data = _dataset(Path(tmp) / "data", args.samples, args.seed)
+
+        def child(name: str, out: str, *more: str) -> dict:
+            """Run ``name`` in a fresh process; its JSON result."""
+            cmd = [
+                sys.executable,
+                __file__,
+                f"--run={name}",
+                f"--data={data}",
+                f"--out={tmp}/{out}",
+                *common,
+                *more,
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
         for k in range(args.rounds):
             for name in RUNS:
-                cmd = [sys.executable, __file__, f"--run={name}", f"--data={data}", f"--out={tmp}/{name}{k}"]
-                cmd += [*common, f"--workers={args.workers}"]
-                proc = subprocess.run(cmd, **pipe)
-                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                result = child(name, f"{name}{k}")
                 if name not in best or result["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = result
         for name in RUNS:  # the untimed counting pass
-            cmd = [sys.executable, __file__, f"--run={name}", f"--data={data}", f"--out={tmp}/{name}-count"]
-            proc = subprocess.run([*cmd, *common, f"--workers={args.workers}", "--count"], **pipe)
-            best[name]["flops"] = json.loads(proc.stdout.strip().splitlines()[-1])["flops"]
+            best[name]["flops"] = child(name, f"{name}-count", "--count")["flops"]
     vocab = f", vocabulary {args.vocab:,}" if args.vocab else ""
     print(
         f"tiny model (LLM width {args.llm_width}, {args.llm_layers} layers{vocab}), {args.samples} single-image samples, "

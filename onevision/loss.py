@@ -94,9 +94,8 @@ def _lce_forward(ctx, states, weight, bias, targets, chunk: int, grads: bool):
         total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
         if not any(need):
             continue
-        grad = logits.sub_(
-            lse[:, None]
-        ).exp_()  # d(sum of CE)/d logits = softmax - one-hot, in the logits' place
+        # d(sum of CE)/d logits = softmax - one-hot, computed in the logits' place
+        grad = logits.sub_(lse[:, None]).exp_()
         grad[torch.arange(len(target), device=grad.device), target] -= 1.0
         grad = grad.div_(n).to(weight.dtype)
         if g_states is not None:

@@ -487,9 +487,8 @@ class OneVisionModel(nn.Module):
                     f"packed rows need sdpa, eager or flash-attention LLM attention; {implementation!r} would attend "
                     "across the samples of a row (set the LLM's attn_implementation, or do not pack)"
                 )
-            if (
-                implementation in VARLEN
-            ):  # explicit cu_seqlens: transformers infers them for a single row only
+            # explicit cu_seqlens: transformers infers them from the positions for a single row only
+            if implementation in VARLEN:
                 rows, width = inputs_embeds.shape[:2]
                 spans = kwargs.get("packed_spans") or spans_from_positions(position_ids, rows, width)
                 if spans is not None:

@@ -253,7 +253,8 @@ def tiny_tokenizer(vocab_size: int = 512, *, media_tokens: bool = True) -> Any:
 class TinySpec:
     """One tiny geometry: a ViT-style vision tower, a Qwen2-style LLM and the AnyRes pinpoint grid.
 
-    MLP widths are twice the hidden widths unless ``llm_intermediate`` says otherwise; pinpoints are ``image_size * {1..grid}^2`` in (height, width) order.
+    MLP widths are twice the hidden widths unless ``llm_intermediate`` says otherwise; pinpoints are
+    ``image_size * {1..grid}^2`` in (height, width) order.
     """
 
     image_size: int = 64

@@ -6,8 +6,9 @@ packing only changes how they are laid out. Samples are placed first-fit, longes
 gets a row of its own, so a sample, and with it every visual span, is never split. Inside a row each sample's
 ``position_ids`` restart at 0; the padding that fills a row up to the longest row is one more run restarting at 0,
 with no labels; ``packed_spans`` lists every row's spans for :mod:`onevision.attention`, which computes an SDPA or
-eager LLM's attention span by span (flash-attention LLMs get varlen ``cu_seq_lens`` from the model). The first label of every sample is dropped (it would be predicted from the previous sample's last
-token; alone it is never a target), so the loss, a mean over the same supervised tokens, equals the unpacked one.
+eager LLM's attention span by span (flash-attention LLMs get varlen ``cu_seq_lens`` from the model). The first
+label of every sample is dropped (it would be predicted from the previous sample's last token; alone it is never a
+target), so the loss, a mean over the same supervised tokens, equals the unpacked one.
 """
 
 from __future__ import annotations
