@@ -19,10 +19,11 @@ plain loop and >= 1.25x HF on the same batches, padding < 1 %.
 A last, untimed pass runs each configuration once more under ``torch.utils.flop_counter.FlopCounterMode`` and
 reports the work each one executes (GFLOP over the whole run, the same samples for all): every matmul and
 convolution as run (padding rows included), and attention from its shapes (``4 b h s_q s_k d`` forward, 2.5x that
-backward, the full square as PyTorch's own formula for the CUDA kernels counts it: at these lengths, a few blocks per
-row, the CPU kernel's causal mode skips little of the upper triangle). The work ratio (the other run's FLOPs over
-packed's) is what removing work alone can buy: a time ratio close to it means the rest of the step runs as fast on
-both sides.
+backward, the full square of every kernel call as PyTorch's own formula for the CUDA kernels counts it: the CPU
+kernel's causal mode skips little of the upper triangle, 512 keys per block; packed runs hand it query blocks of
+long spans, see ``onevision.span_attention``, so their count is what they compute). The work ratio (the other
+run's FLOPs over packed's) is what removing work alone can buy: a time ratio close to it means the rest of the step
+runs as fast on both sides.
 
     python benchmarks/bench_train.py [--samples 192] [--batch 4] [--rounds 3]
 """

@@ -2,8 +2,9 @@
 computed span by span, so a row of several samples costs what the samples cost alone.
 
 Registered in transformers' ``AttentionInterface`` as :data:`PACKED_SDPA`. Given ``packed_spans`` (per row, the
-``(start, end)`` of every sample and of the trailing padding run, covering the row), it runs
-``scaled_dot_product_attention(is_causal=True)`` on each span. Without a 2D attention mask the spans are the mask,
+``(start, end)`` of every sample and of the trailing padding run, covering the row), it runs causal attention on
+each span: on CPU :func:`onevision.span_attention.causal_spans` (which skips the upper triangle the CPU kernel would
+compute), elsewhere ``scaled_dot_product_attention(is_causal=True)`` span by span. Without a 2D attention mask the spans are the mask,
 so its mask function builds none (transformers would otherwise build a ``[rows, 1, width, width]`` block-diagonal
 mask from the restarting positions for every forward, which nothing reads); without ``packed_spans`` the spans come
 from restarting ``position_ids``, and with a 2D mask (padded, unpacked batches) it is transformers' SDPA. On
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
+
+from onevision.span_attention import causal_spans
 
 #: the attention implementation name packed training switches an SDPA or eager LLM to
 PACKED_SDPA = "onevision_packed_sdpa"
@@ -45,6 +48,8 @@ def packed_sdpa_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if dropout == 0.0 and query.device.type == "cpu":
+        return causal_spans(query, key, value, packed_spans, scaling), None
     import torch
     from torch.nn import functional as F
 

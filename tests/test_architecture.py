@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onevision.projectors",
             "onevision.llm",
             "onevision.loss",
+            "onevision.span_attention",  # causal attention of packed spans on the CPU kernel, in blocks
             "onevision.attention",  # per-sample attention for packed rows
             "onevision.templates",
         ),
